@@ -1,0 +1,210 @@
+//! Reading and changing attributes: getattr, setattr (chmod, chown, truncate, utimens),
+//! readlink and statfs.
+//!
+//! A time given as "now" is read once and written to every replica, so replicas agree on
+//! the timestamps an operation sets.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::SystemTime;
+
+use fuser::{FileAttr, FileType, TimeOrNow};
+
+use crate::fs::attr;
+use crate::fs::fanout;
+use crate::fs::handles::OpenFile;
+use crate::fs::inode::Ino;
+use crate::fs::mirror::{MirrorFs, Scope};
+use crate::replica::Replica;
+use crate::sys::{self, Time};
+
+/// The changes one setattr asks for.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AttrChanges {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeOrNow>,
+    pub mtime: Option<TimeOrNow>,
+}
+
+/// The object a change is made on: an open descriptor, or a name in a directory.
+enum Object<'a> {
+    Fd(BorrowedFd<'a>),
+    At(BorrowedFd<'a>, &'a OsStr),
+}
+
+impl Object<'_> {
+    fn chown(&self, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+        match *self {
+            Object::Fd(fd) => sys::fchown(fd, uid, gid),
+            Object::At(dir, name) => sys::chownat(dir, name, uid, gid),
+        }
+    }
+
+    fn chmod(&self, mode: u32) -> io::Result<()> {
+        match *self {
+            Object::Fd(fd) => sys::fchmod(fd, mode),
+            Object::At(dir, name) => sys::chmodat(dir, name, mode),
+        }
+    }
+
+    fn truncate(&self, size: u64) -> io::Result<()> {
+        match *self {
+            Object::Fd(fd) => sys::ftruncate(fd, size),
+            Object::At(dir, name) => {
+                let fd = sys::openat(
+                    dir,
+                    name,
+                    libc::O_WRONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+                    0,
+                )?;
+                sys::ftruncate(fd.as_fd(), size)
+            }
+        }
+    }
+
+    fn utimens(&self, atime: Time, mtime: Time) -> io::Result<()> {
+        match *self {
+            Object::Fd(fd) => sys::futimens(fd, atime, mtime),
+            Object::At(dir, name) => sys::utimensat(dir, name, atime, mtime),
+        }
+    }
+
+    fn apply(&self, c: &AttrChanges, atime: Time, mtime: Time) -> io::Result<()> {
+        // chown first: it may clear set-user-ID bits that a mode in the same request sets.
+        if c.uid.is_some() || c.gid.is_some() {
+            self.chown(c.uid, c.gid)?;
+        }
+        if let Some(mode) = c.mode {
+            self.chmod(mode & 0o7777)?;
+        }
+        if let Some(size) = c.size {
+            self.truncate(size)?;
+        }
+        if c.atime.is_some() || c.mtime.is_some() {
+            self.utimens(atime, mtime)?;
+        }
+        Ok(())
+    }
+}
+
+impl MirrorFs {
+    pub fn getattr(&self, ino: Ino, fh: Option<u64>) -> io::Result<FileAttr> {
+        let handle = fh.and_then(|fh| self.files.get(fh));
+        let set = self.fresh(ino);
+        let st = self.read_any("getattr", set, Scope::Data(ino), |r| {
+            match handle.as_ref().and_then(|h| h.fd(r.index)) {
+                Some(fd) => sys::fstat(fd),
+                None => self.stat_on(r, ino),
+            }
+        })?;
+        Ok(attr::file_attr(ino, &st))
+    }
+
+    pub fn setattr(&self, ino: Ino, fh: Option<u64>, changes: AttrChanges) -> io::Result<FileAttr> {
+        let handle = fh.and_then(|fh| self.files.get(fh));
+        let now = attr::timespec(SystemTime::now());
+        let time = |t: Option<TimeOrNow>| match t {
+            None => Time::Omit,
+            Some(TimeOrNow::Now) => now,
+            Some(TimeOrNow::SpecificTime(t)) => attr::timespec(t),
+        };
+        let (atime, mtime) = (time(changes.atime), time(changes.mtime));
+        let targets = self.fresh(ino);
+        let _order = self.order(&[ino]);
+        let fanned = fanout::apply(&self.replicas, targets, |r| {
+            self.with_object(r, ino, handle.as_deref(), |obj| {
+                obj.apply(&changes, atime, mtime)?;
+                Ok(())
+            })
+        });
+        self.diverged("setattr", &fanned.diverged, &[Scope::Data(ino)]);
+        let winner = fanned.verdict?;
+        let r = &self.replicas[winner];
+        let st = match handle.as_ref().and_then(|h| h.fd(winner)) {
+            Some(fd) => sys::fstat(fd)?,
+            None => self.stat_on(r, ino)?,
+        };
+        Ok(attr::file_attr(ino, &st))
+    }
+
+    /// Runs `f` on the object `ino` on replica `r`: through `handle`'s descriptor when it
+    /// has one there, else through the name, else (unlinked but open) through any open
+    /// handle's descriptor.
+    fn with_object<T>(
+        &self,
+        r: &Replica,
+        ino: Ino,
+        handle: Option<&OpenFile>,
+        f: impl FnOnce(Object<'_>) -> io::Result<T>,
+    ) -> io::Result<T> {
+        if let Some(fd) = handle.and_then(|h| h.fd(r.index)) {
+            return f(Object::Fd(fd));
+        }
+        if self.table().kind(ino) == Some(FileType::Directory) {
+            // A directory's own descriptor follows it through renames.
+            let fd: OwnedFd = self.open_dir_itself(r, ino)?;
+            return f(Object::Fd(fd.as_fd()));
+        }
+        if self.table().location(ino).is_none() {
+            let open = self
+                .any_handle(r, ino)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+            return f(Object::Fd(open.fd(r.index).expect("any_handle has one")));
+        }
+        self.with_name(r, ino, |dir, name| f(Object::At(dir, name)))
+    }
+
+    pub fn readlink(&self, ino: Ino) -> io::Result<Vec<u8>> {
+        self.read_any("readlink", self.fresh(ino), Scope::Data(ino), |r| {
+            self.with_name(r, ino, sys::readlinkat)
+        })
+    }
+
+    /// Space of the mirror: what the smallest replica can hold, like a RAID-1 array.
+    pub fn statfs(&self) -> io::Result<Statfs> {
+        let fanned = fanout::apply(&self.replicas, self.all(), |r| sys::fstatfs(r.root()));
+        let verdict = fanned
+            .verdict
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO)));
+        verdict?;
+        let stats: Vec<libc::statvfs> = fanned.successes().into_iter().map(|(_, s)| s).collect();
+        let unit = stats[0].f_frsize.max(1);
+        let bytes = |f: fn(&libc::statvfs) -> u64| {
+            stats
+                .iter()
+                .map(|s| f(s).saturating_mul(s.f_frsize))
+                .min()
+                .unwrap_or(0)
+                / unit
+        };
+        Ok(Statfs {
+            blocks: bytes(|s| s.f_blocks),
+            bfree: bytes(|s| s.f_bfree),
+            bavail: bytes(|s| s.f_bavail),
+            files: stats.iter().map(|s| s.f_files).min().unwrap_or(0),
+            ffree: stats.iter().map(|s| s.f_ffree).min().unwrap_or(0),
+            bsize: stats[0].f_bsize as u32,
+            namelen: stats.iter().map(|s| s.f_namemax).min().unwrap_or(255) as u32,
+            frsize: unit as u32,
+        })
+    }
+}
+
+/// The answer to statfs.
+#[derive(Clone, Copy, Debug)]
+pub struct Statfs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}

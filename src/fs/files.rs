@@ -1,0 +1,442 @@
+//! Open files: create, open, read, write, flush, release, fsync, fallocate, lseek and
+//! copy_file_range.
+//!
+//! Writes go to every replica the file is current on, at the offset the kernel gives
+//! (backing files are never opened with `O_APPEND`, so every replica puts the bytes in the
+//! same place). Reads come from one replica per handle and fail over to the next current
+//! replica on a fault. When a handle that wrote is flushed or released, its replicas get
+//! the timestamps of the one it reads from, so a written file ends with one mtime
+//! everywhere.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use fuser::{FileAttr, FileType};
+
+use crate::fs::attr;
+use crate::fs::fanout::{self, Fanned};
+use crate::fs::handles::OpenFile;
+use crate::fs::inode::Ino;
+use crate::fs::mirror::{MirrorFs, Scope};
+use crate::fs::namespace::Caller;
+use crate::replica::Replica;
+use crate::sys;
+
+/// Flags for opening a backing file for a FUSE open with `flags`, and whether the handle
+/// may write. The kernel already applied `O_APPEND` to the offsets it sends and handles
+/// `O_DIRECT` itself; the backing file is opened non-blocking so that a FIFO planted on a
+/// replica cannot hang the daemon.
+fn backing_flags(flags: i32) -> (bool, i32) {
+    let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+    let keep = flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME);
+    let access = if writable {
+        libc::O_RDWR
+    } else {
+        libc::O_RDONLY
+    };
+    (writable, access | keep | libc::O_NONBLOCK | libc::O_NOCTTY)
+}
+
+fn not_regular() -> io::Error {
+    io::Error::from_raw_os_error(libc::EIO)
+}
+
+fn ebadf() -> io::Error {
+    io::Error::from_raw_os_error(libc::EBADF)
+}
+
+/// Writes zeros over `[offset, offset + len)`.
+fn write_zeros(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    let zeros = vec![0u8; (len.min(1 << 20)) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(zeros.len() as u64) as usize;
+        sys::pwrite_all(fd, &zeros[..n], offset + done).map_err(|(_, e)| e)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// The same result as `fallocate(mode)` on a filesystem that lacks that mode, for the
+/// modes whose effect on the file's contents can be reproduced.
+fn emulate_fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+    let size = sys::fstat(fd)?.st_size as u64;
+    let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+    let end = offset.saturating_add(len);
+    match mode & !libc::FALLOC_FL_KEEP_SIZE {
+        0 => {
+            if !keep_size && end > size {
+                sys::ftruncate(fd, end)?;
+            }
+            Ok(())
+        }
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE => {
+            let zero_end = if keep_size { end.min(size) } else { end };
+            if zero_end > offset {
+                write_zeros(fd, offset, zero_end - offset)?;
+            }
+            Ok(())
+        }
+        _ => Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP)),
+    }
+}
+
+impl MirrorFs {
+    /// Opens inode `ino` on replica `r` with backing `flags`, checking that it is a
+    /// regular file there.
+    fn open_backing(&self, r: &Replica, ino: Ino, flags: i32) -> io::Result<OwnedFd> {
+        let unlinked = self.table().location(ino).is_none();
+        let fd = match self.any_handle(r, ino).filter(|_| unlinked) {
+            // Unlinked but open: reopen another handle's descriptor.
+            Some(h) => sys::reopen(h.fd(r.index).expect("any_handle has one"), flags)?,
+            None => self.with_name(r, ino, |dir, name| sys::openat(dir, name, flags, 0))?,
+        };
+        if sys::fstat(fd.as_fd())?.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(not_regular());
+        }
+        Ok(fd)
+    }
+
+    /// The descriptor of `h` on `r`, opening it first if the handle has none there yet.
+    fn handle_fd<'h>(&self, h: &'h OpenFile, r: &Replica) -> io::Result<BorrowedFd<'h>> {
+        if h.fd(r.index).is_none() {
+            let fd = self.open_backing(r, h.ino, h.backing_flags)?;
+            h.set_fd(r.index, fd);
+        }
+        Ok(h.fd(r.index).expect("just set"))
+    }
+
+    fn register_handle(&self, handle: OpenFile) -> u64 {
+        self.table().open(handle.ino);
+        self.files.insert(handle)
+    }
+
+    pub fn open(&self, ino: Ino, flags: i32) -> io::Result<u64> {
+        let (writable, bflags) = backing_flags(flags);
+        let truncate = flags & libc::O_TRUNC != 0;
+        let handle = OpenFile::new(ino, writable, bflags, self.replicas.len());
+        if writable || truncate {
+            let _order = truncate.then(|| self.order(&[ino]));
+            let oflags = bflags | if truncate { libc::O_TRUNC } else { 0 };
+            let fanned = fanout::apply(&self.replicas, self.fresh(ino), |r| {
+                self.open_backing(r, ino, oflags)
+            });
+            self.diverged("open", &fanned.diverged, &[Scope::Data(ino)]);
+            let winner = fanned.verdict.as_ref().map(|w| *w).map_err(copy_err)?;
+            for (i, fd) in fanned.successes() {
+                handle.set_fd(i, fd);
+            }
+            handle.set_read_from(winner);
+            if truncate {
+                handle.wrote.store(true, Ordering::Relaxed);
+            }
+        } else {
+            let (index, fd) = self.read_any("open", self.fresh(ino), Scope::Data(ino), |r| {
+                Ok((r.index, self.open_backing(r, ino, bflags)?))
+            })?;
+            handle.set_fd(index, fd);
+            handle.set_read_from(index);
+        }
+        Ok(self.register_handle(handle))
+    }
+
+    /// Creates and opens a regular file.
+    pub fn create(
+        &self,
+        caller: Caller,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    ) -> io::Result<(FileAttr, u64)> {
+        let (owner, mode) =
+            self.plan_creation(parent, caller, mode, umask, FileType::RegularFile)?;
+        let (writable, bflags) = backing_flags(flags);
+        let created = self.create_node("create", parent, name, |_, dir| {
+            let fd = sys::openat(
+                dir,
+                name,
+                bflags | libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+                mode & 0o7777,
+            )?;
+            owner.apply_fd(fd.as_fd())?;
+            Ok(fd)
+        });
+        match created {
+            Ok((attr, fds)) => {
+                let handle = OpenFile::new(attr.ino.0, writable, bflags, self.replicas.len());
+                // Creation stamped each replica with its own time; close makes them one.
+                handle.wrote.store(true, Ordering::Relaxed);
+                handle.set_read_from(fds[0].0);
+                for (i, fd) in fds {
+                    handle.set_fd(i, fd);
+                }
+                Ok((attr, self.register_handle(handle)))
+            }
+            // Without O_EXCL, a file that exists on every replica is simply opened.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
+                let attr = self.lookup(parent, name)?;
+                match self.open(attr.ino.0, flags & !libc::O_CREAT) {
+                    Ok(fh) => Ok((attr, fh)),
+                    Err(e) => {
+                        self.forget(attr.ino.0, 1);
+                        Err(e)
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+        let h = self.files.get(fh).ok_or_else(ebadf)?;
+        let fresh = self.fresh(h.ino);
+        let first = h.read_from();
+        let order = (fresh & (1 << first)) | fresh;
+        let preferred = std::iter::once(first)
+            .filter(|i| fresh & (1 << i) != 0)
+            .chain(self.members(order).map(|r| r.index).filter(|&i| i != first));
+        let mut last = None;
+        for index in preferred {
+            let r = &self.replicas[index];
+            let attempt = self.handle_fd(&h, r).and_then(|fd| {
+                let mut buf = vec![0u8; size as usize];
+                let n = sys::pread_full(fd, &mut buf, offset)?;
+                buf.truncate(n);
+                Ok(buf)
+            });
+            match attempt {
+                Ok(buf) => {
+                    if index != first {
+                        h.set_read_from(index);
+                    }
+                    return Ok(buf);
+                }
+                Err(e) if sys::is_fault(sys::errno(&e)) => {
+                    self.diverged("read", &[(index, sys::errno(&e))], &[Scope::Data(h.ino)]);
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EIO)))
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> io::Result<u32> {
+        let h = self.files.get(fh).ok_or_else(ebadf)?;
+        if !h.writable {
+            return Err(ebadf());
+        }
+        let _order = self.order(&[h.ino]);
+        let targets = h.open_set() & self.fresh(h.ino);
+        let results: Vec<(usize, sys::WriteOutcome)> = self
+            .members(targets)
+            .map(|r| {
+                let fd = h.fd(r.index).expect("open_set has a descriptor");
+                (r.index, sys::pwrite_all(fd, data, offset))
+            })
+            .collect();
+        h.wrote.store(true, Ordering::Relaxed);
+        let (result, diverged) = judge_write(results, data.len());
+        self.diverged("write", &diverged, &[Scope::Data(h.ino)]);
+        result.map(|n| n as u32)
+    }
+
+    pub fn flush(&self, fh: u64) -> io::Result<()> {
+        let h = self.files.get(fh).ok_or_else(ebadf)?;
+        // Closing a duplicate reports the errors a network filesystem defers to close.
+        let fanned = fanout::apply(&self.replicas, h.open_set(), |r| {
+            let fd = h.fd(r.index).expect("open_set has a descriptor");
+            let dup = fd.try_clone_to_owned()?;
+            // SAFETY: we own `dup` and close it exactly once here.
+            let ret = unsafe { libc::close(dup.as_raw_fd()) };
+            std::mem::forget(dup);
+            if ret < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        });
+        self.diverged("flush", &fanned.diverged, &[Scope::Data(h.ino)]);
+        self.sync_times(&h);
+        fanned.verdict.map(drop)
+    }
+
+    pub fn release(&self, fh: u64) {
+        if let Some(h) = self.files.remove(fh) {
+            self.sync_times(&h);
+            let ino = h.ino;
+            drop(h);
+            let gone = self.table().close(ino);
+            self.dropped(&gone);
+        }
+    }
+
+    /// Gives every replica of a handle that wrote the timestamps of the replica it reads
+    /// from.
+    fn sync_times(&self, h: &Arc<OpenFile>) {
+        if !h.wrote.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let _order = self.order(&[h.ino]);
+        let set = h.open_set() & self.fresh(h.ino);
+        let Some(source) = self.members(set).next() else {
+            return;
+        };
+        let Ok(st) = sys::fstat(h.fd(source.index).expect("open_set has a descriptor")) else {
+            return;
+        };
+        let (atime, mtime) = attr::times_of(&st);
+        let others = set & !(1 << source.index);
+        let fanned = fanout::apply(&self.replicas, others, |r| {
+            sys::futimens(
+                h.fd(r.index).expect("open_set has a descriptor"),
+                atime,
+                mtime,
+            )
+        });
+        self.diverged("utimens", &fanned.diverged, &[Scope::Data(h.ino)]);
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> io::Result<()> {
+        let h = self.files.get(fh).ok_or_else(ebadf)?;
+        let fanned = fanout::apply(&self.replicas, self.fresh(h.ino), |r| {
+            sys::fsync(self.handle_fd(&h, r)?, datasync)
+        });
+        self.diverged("fsync", &fanned.diverged, &[Scope::Data(h.ino)]);
+        fanned.verdict.map(drop)
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> io::Result<()> {
+        let h = self.files.get(fh).ok_or_else(ebadf)?;
+        if !h.writable {
+            return Err(ebadf());
+        }
+        let _order = self.order(&[h.ino]);
+        let targets = h.open_set() & self.fresh(h.ino);
+        let fd = |r: &Replica| h.fd(r.index).expect("open_set has a descriptor");
+        let fanned = fanout::apply(&self.replicas, targets, |r| {
+            sys::fallocate(fd(r), mode, offset, len)
+        });
+        h.wrote.store(true, Ordering::Relaxed);
+        if fanned.verdict.is_err() {
+            self.diverged("fallocate", &fanned.diverged, &[Scope::Data(h.ino)]);
+            return fanned.verdict.map(drop);
+        }
+        // Replicas whose filesystem lacks the mode get the same contents another way.
+        let mut diverged = Vec::new();
+        for (index, errno) in fanned.diverged {
+            let emulated = errno == libc::EOPNOTSUPP
+                && emulate_fallocate(fd(&self.replicas[index]), mode, offset, len).is_ok();
+            if !emulated {
+                diverged.push((index, errno));
+            }
+        }
+        self.diverged("fallocate", &diverged, &[Scope::Data(h.ino)]);
+        Ok(())
+    }
+
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> io::Result<i64> {
+        let h = self.files.get(fh).ok_or_else(ebadf)?;
+        let fresh = self.fresh(h.ino);
+        let first = 1 << h.read_from();
+        let set = if fresh & first != 0 { first } else { fresh };
+        self.read_any("lseek", set, Scope::Data(h.ino), |r| {
+            sys::lseek(self.handle_fd(&h, r)?, offset, whence)
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        offset_in: u64,
+        fh_out: u64,
+        offset_out: u64,
+        len: u64,
+    ) -> io::Result<u32> {
+        let src = self.files.get(fh_in).ok_or_else(ebadf)?;
+        let dst = self.files.get(fh_out).ok_or_else(ebadf)?;
+        if !dst.writable {
+            return Err(ebadf());
+        }
+        let len = len.min(u32::MAX as u64 & !0xfff);
+        let _order = self.order(&[dst.ino]);
+        let current = dst.open_set() & self.fresh(dst.ino);
+        let targets = current & self.fresh(src.ino);
+        let fanned = fanout::apply(&self.replicas, targets, |r| {
+            let from = self.handle_fd(&src, r)?;
+            let to = dst.fd(r.index).expect("open_set has a descriptor");
+            sys::copy_range(from, offset_in, to, offset_out, len)
+        });
+        dst.wrote.store(true, Ordering::Relaxed);
+        // Every replica must have copied as much as the one whose answer stands.
+        let mut diverged = fanned.diverged.clone();
+        if let Ok(winner) = fanned.verdict {
+            let copied = |i: usize| {
+                fanned
+                    .results
+                    .iter()
+                    .find(|(j, _)| *j == i)
+                    .and_then(|(_, r)| r.as_ref().ok().copied())
+            };
+            let expected = copied(winner);
+            for (i, r) in &fanned.results {
+                if r.is_ok() && copied(*i) != expected {
+                    diverged.push((*i, libc::EIO));
+                }
+            }
+        }
+        // Replicas where the source is out of date cannot copy it locally.
+        for r in self.members(current & !targets) {
+            diverged.push((r.index, 0));
+        }
+        self.diverged("copy_file_range", &diverged, &[Scope::Data(dst.ino)]);
+        fanned.value().map(|n| n as u32)
+    }
+}
+
+/// Judges per-replica write results (`Err` carries the bytes written before the error).
+/// A replica that wrote everything makes the write succeed. When none did, the replica
+/// that got furthest stands: its byte count is a short write, or with nothing written
+/// the errors are judged like any other change. Returns the result and the replicas that
+/// diverged from it.
+fn judge_write(
+    results: Vec<(usize, sys::WriteOutcome)>,
+    len: usize,
+) -> (io::Result<usize>, Vec<(usize, i32)>) {
+    let written = |r: &sys::WriteOutcome| match r {
+        Ok(()) => len,
+        Err((n, _)) => *n,
+    };
+    let best = results.iter().map(|(_, r)| written(r)).max().unwrap_or(0);
+    if best == 0 {
+        let fanned: Fanned<()> = fanout::combine(
+            results
+                .into_iter()
+                .map(|(i, r)| (i, r.map_err(|(_, e)| e)))
+                .collect(),
+        );
+        let diverged = fanned.diverged.clone();
+        return (fanned.value().map(|()| len), diverged);
+    }
+    let diverged = results
+        .iter()
+        .filter(|(_, r)| written(r) < best)
+        .map(|(i, r)| {
+            (
+                *i,
+                r.as_ref().err().map_or(libc::EIO, |(_, e)| sys::errno(e)),
+            )
+        })
+        .collect();
+    (Ok(best), diverged)
+}
+
+fn copy_err(e: &io::Error) -> io::Error {
+    io::Error::from_raw_os_error(sys::errno(e))
+}

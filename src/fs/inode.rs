@@ -1,0 +1,543 @@
+//! The inode table: the kernel's view of the tree, independent of any one replica.
+//!
+//! mirrorfs hands the kernel its own inode numbers. Each node records the names it is
+//! known by (parent inode + name), so any replica can be addressed by walking names from
+//! its root; no node holds a replica's file descriptor or depends on one replica's inode
+//! numbers. Files with several hard links are also indexed by the backing identity
+//! (replica, device, inode) they were first seen with, so that every name of one file maps
+//! to one inode number.
+//!
+//! The table also carries, per node, which replicas are out of sync for it: `stale_data`
+//! (the node's own contents or attributes are missing or outdated there) and
+//! `stale_entries` (a directory's listing differs there). A node with marks stays in the
+//! table, with its ancestors, until the marks are cleared, so the path to repair is never
+//! lost.
+//!
+//! A node lives while the kernel holds lookups on it, while it has children in the table,
+//! while a file or directory handle is open on it, or while it carries marks.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use fuser::FileType;
+
+pub type Ino = u64;
+pub const ROOT: Ino = 1;
+
+/// A name in a directory, shared between the parent's child map and the child's links.
+pub type Name = Arc<OsStr>;
+
+/// A bit set of replica indexes.
+pub type ReplicaSet = u32;
+
+/// Where a hard-linked file was first seen: replica index, device, inode.
+pub type BackingKey = (usize, u64, u64);
+
+#[derive(Clone, Debug)]
+struct Link {
+    parent: Ino,
+    name: Name,
+}
+
+#[derive(Debug)]
+struct Node {
+    kind: FileType,
+    nlookup: u64,
+    open: u32,
+    /// The first known name, then any further hard links.
+    link: Option<Link>,
+    extra_links: Vec<Link>,
+    key: Option<BackingKey>,
+    /// Boxed so that the many nodes without children stay small.
+    #[allow(clippy::box_collection)]
+    children: Option<Box<HashMap<Name, Ino>>>,
+    stale_data: ReplicaSet,
+    stale_entries: ReplicaSet,
+}
+
+impl Node {
+    fn new(kind: FileType) -> Node {
+        Node {
+            kind,
+            nlookup: 0,
+            open: 0,
+            link: None,
+            extra_links: Vec::new(),
+            key: None,
+            children: None,
+            stale_data: 0,
+            stale_entries: 0,
+        }
+    }
+
+    fn has_links(&self) -> bool {
+        self.link.is_some()
+    }
+
+    fn child_count(&self) -> usize {
+        self.children.as_ref().map_or(0, |c| c.len())
+    }
+
+    fn remove_link(&mut self, parent: Ino, name: &OsStr) {
+        let matches = |l: &Link| l.parent == parent && &*l.name == name;
+        if self.link.as_ref().is_some_and(matches) {
+            self.link = if self.extra_links.is_empty() {
+                None
+            } else {
+                Some(self.extra_links.remove(0))
+            };
+        } else {
+            self.extra_links.retain(|l| !matches(l));
+        }
+    }
+}
+
+/// The table. Callers wrap it in a mutex and hold the lock only for these in-memory steps,
+/// never across replica I/O.
+#[derive(Debug)]
+pub struct InodeTable {
+    nodes: HashMap<Ino, Node>,
+    by_key: HashMap<BackingKey, Ino>,
+    next_ino: Ino,
+    /// Count of marked nodes, so the common "nothing is stale" case skips ancestor walks.
+    marked: usize,
+}
+
+impl Default for InodeTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InodeTable {
+    pub fn new() -> InodeTable {
+        let mut nodes = HashMap::new();
+        let mut root = Node::new(FileType::Directory);
+        root.nlookup = 1;
+        nodes.insert(ROOT, root);
+        InodeTable {
+            nodes,
+            by_key: HashMap::new(),
+            next_ino: ROOT + 1,
+            marked: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn contains(&self, ino: Ino) -> bool {
+        self.nodes.contains_key(&ino)
+    }
+
+    pub fn kind(&self, ino: Ino) -> Option<FileType> {
+        self.nodes.get(&ino).map(|n| n.kind)
+    }
+
+    /// The inode a name in a directory is known as, if the table has it.
+    pub fn child(&self, parent: Ino, name: &OsStr) -> Option<Ino> {
+        self.nodes
+            .get(&parent)?
+            .children
+            .as_ref()?
+            .get(name)
+            .copied()
+    }
+
+    /// One name of `ino`: its parent and name, or `None` for the root and for nodes whose
+    /// every name has been removed (unlinked but still open).
+    pub fn location(&self, ino: Ino) -> Option<(Ino, Name)> {
+        let link = self.nodes.get(&ino)?.link.as_ref()?;
+        Some((link.parent, link.name.clone()))
+    }
+
+    /// The path of `ino` relative to a replica root (empty for the root), or `None` when
+    /// the node has no name left.
+    pub fn relative_path(&self, ino: Ino) -> Option<PathBuf> {
+        let mut parts: Vec<&OsStr> = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT {
+            let link = self.nodes.get(&cur)?.link.as_ref()?;
+            parts.push(&link.name);
+            cur = link.parent;
+        }
+        Some(parts.iter().rev().collect())
+    }
+
+    /// A path for messages: `/dir/file` as seen through the mount.
+    pub fn display_path(&self, ino: Ino) -> String {
+        match self.relative_path(ino) {
+            Some(p) => format!("/{}", p.display()),
+            None => format!("<inode {ino} (unlinked)>"),
+        }
+    }
+
+    fn alloc(&mut self, kind: FileType) -> Ino {
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        self.nodes.insert(ino, Node::new(kind));
+        ino
+    }
+
+    fn attach(&mut self, ino: Ino, parent: Ino, name: Name) {
+        let p = self
+            .nodes
+            .get_mut(&parent)
+            .expect("parent of a new link is in the table");
+        p.children
+            .get_or_insert_with(Default::default)
+            .insert(name.clone(), ino);
+        let node = self
+            .nodes
+            .get_mut(&ino)
+            .expect("linked node is in the table");
+        let link = Link { parent, name };
+        if node.link.is_none() {
+            node.link = Some(link);
+        } else {
+            node.extra_links.push(link);
+        }
+    }
+
+    /// Removes the name `parent/name` from the table (the child stays if referenced).
+    fn detach(&mut self, parent: Ino, name: &OsStr) -> Option<Ino> {
+        let p = self.nodes.get_mut(&parent)?;
+        let children = p.children.as_mut()?;
+        let ino = children.remove(name)?;
+        if children.is_empty() {
+            p.children = None;
+        }
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.remove_link(parent, name);
+            if !node.has_links() {
+                // Nothing names it any more: a new file may reuse its backing identity,
+                // and its marks no longer describe anything a replica could differ in.
+                if let Some(key) = node.key.take() {
+                    self.by_key.remove(&key);
+                }
+                if node.stale_data != 0 || node.stale_entries != 0 {
+                    node.stale_data = 0;
+                    node.stale_entries = 0;
+                    self.marked -= 1;
+                }
+            }
+        }
+        Some(ino)
+    }
+
+    /// Records one kernel lookup of `parent/name`, which a replica reports as `kind`
+    /// (with `key` for a file that has more than one hard link). Returns the inode number.
+    pub fn lookup(
+        &mut self,
+        parent: Ino,
+        name: &OsStr,
+        kind: FileType,
+        key: Option<BackingKey>,
+    ) -> Ino {
+        if let Some(ino) = self.child(parent, name) {
+            if self.nodes[&ino].kind == kind {
+                if let Some(key) = key {
+                    self.set_key(ino, key);
+                }
+                self.nodes.get_mut(&ino).expect("child exists").nlookup += 1;
+                return ino;
+            }
+            // The replica holds something else under that name now: forget the old one.
+            self.detach(parent, name);
+            self.collect(ino);
+        }
+        let known = key.and_then(|k| self.by_key.get(&k).copied());
+        let ino = match known {
+            Some(ino) if self.nodes[&ino].kind == kind => ino,
+            _ => {
+                let ino = self.alloc(kind);
+                if let Some(key) = key {
+                    self.set_key(ino, key);
+                }
+                ino
+            }
+        };
+        self.attach(ino, parent, Arc::from(name));
+        self.nodes.get_mut(&ino).expect("just attached").nlookup += 1;
+        ino
+    }
+
+    fn set_key(&mut self, ino: Ino, key: BackingKey) {
+        let node = self.nodes.get_mut(&ino).expect("node exists");
+        if node.key.is_none() {
+            node.key = Some(key);
+            self.by_key.insert(key, ino);
+        }
+    }
+
+    /// Records a new hard link `parent/name` to `ino` made through the mount, and the
+    /// kernel lookup that the reply carries.
+    pub fn link(&mut self, ino: Ino, parent: Ino, name: &OsStr, key: BackingKey) {
+        if let Some(old) = self.detach(parent, name) {
+            self.collect(old);
+        }
+        self.set_key(ino, key);
+        self.attach(ino, parent, Arc::from(name));
+        self.nodes
+            .get_mut(&ino)
+            .expect("linked node exists")
+            .nlookup += 1;
+    }
+
+    /// Drops `n` kernel lookups.
+    pub fn forget(&mut self, ino: Ino, n: u64) -> Vec<Ino> {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.nlookup = node.nlookup.saturating_sub(n);
+        }
+        self.collect(ino)
+    }
+
+    /// An unlink or rmdir of `parent/name` succeeded.
+    pub fn unlink(&mut self, parent: Ino, name: &OsStr) -> Vec<Ino> {
+        let mut gone = Vec::new();
+        if let Some(ino) = self.detach(parent, name) {
+            gone.extend(self.collect(ino));
+        }
+        gone.extend(self.collect(parent));
+        gone
+    }
+
+    /// A rename succeeded; `exchange` for `RENAME_EXCHANGE`.
+    pub fn rename(
+        &mut self,
+        old_parent: Ino,
+        old_name: &OsStr,
+        new_parent: Ino,
+        new_name: &OsStr,
+        exchange: bool,
+    ) -> Vec<Ino> {
+        let mut gone = Vec::new();
+        let moving = self.detach(old_parent, old_name);
+        let displaced = self.detach(new_parent, new_name);
+        if let Some(ino) = moving {
+            self.attach(ino, new_parent, Arc::from(new_name));
+        }
+        match (displaced, exchange) {
+            (Some(ino), true) => self.attach(ino, old_parent, Arc::from(old_name)),
+            (Some(ino), false) => gone.extend(self.collect(ino)),
+            (None, _) => {}
+        }
+        gone.extend(self.collect(old_parent));
+        gone.extend(self.collect(new_parent));
+        gone
+    }
+
+    pub fn open(&mut self, ino: Ino) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.open += 1;
+        }
+    }
+
+    pub fn close(&mut self, ino: Ino) -> Vec<Ino> {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.open = node.open.saturating_sub(1);
+        }
+        self.collect(ino)
+    }
+
+    /// Removes `ino` if nothing references it, then its parents in turn. Returns the
+    /// removed inode numbers.
+    fn collect(&mut self, ino: Ino) -> Vec<Ino> {
+        let mut gone = Vec::new();
+        let mut pending = vec![ino];
+        while let Some(ino) = pending.pop() {
+            let Some(node) = self.nodes.get(&ino) else {
+                continue;
+            };
+            if ino == ROOT
+                || node.nlookup > 0
+                || node.open > 0
+                || node.child_count() > 0
+                || node.stale_data != 0
+                || node.stale_entries != 0
+            {
+                continue;
+            }
+            let node = self.nodes.remove(&ino).expect("checked above");
+            if let Some(key) = node.key {
+                self.by_key.remove(&key);
+            }
+            for link in node.link.iter().chain(node.extra_links.iter()) {
+                if let Some(p) = self.nodes.get_mut(&link.parent) {
+                    if let Some(children) = p.children.as_mut() {
+                        children.remove(&link.name);
+                        if children.is_empty() {
+                            p.children = None;
+                        }
+                    }
+                    pending.push(link.parent);
+                }
+            }
+            gone.push(ino);
+        }
+        gone
+    }
+
+    /// Replicas whose copy of `ino` (and of every directory above it) is current. `all` is
+    /// the set of replicas to start from.
+    pub fn fresh(&self, ino: Ino, all: ReplicaSet) -> ReplicaSet {
+        if self.marked == 0 {
+            return all;
+        }
+        let mut set = all;
+        let mut cur = ino;
+        loop {
+            let Some(node) = self.nodes.get(&cur) else {
+                return set;
+            };
+            set &= !node.stale_data;
+            match &node.link {
+                Some(link) if cur != ROOT => cur = link.parent,
+                _ => return set,
+            }
+        }
+    }
+
+    /// Replicas whose listing of directory `ino` is current and that hold it.
+    pub fn fresh_entries(&self, ino: Ino, all: ReplicaSet) -> ReplicaSet {
+        let set = self.fresh(ino, all);
+        match self.nodes.get(&ino) {
+            Some(node) => set & !node.stale_entries,
+            None => set,
+        }
+    }
+
+    /// Marks `replica` out of sync for the contents of `ino`. Returns true if the mark is
+    /// new (so the caller logs it once).
+    pub fn mark_data(&mut self, ino: Ino, replica: usize) -> bool {
+        self.mark(ino, replica, false)
+    }
+
+    /// Marks `replica` out of sync for the listing of directory `ino`.
+    pub fn mark_entries(&mut self, ino: Ino, replica: usize) -> bool {
+        self.mark(ino, replica, true)
+    }
+
+    fn mark(&mut self, ino: Ino, replica: usize, entries: bool) -> bool {
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return false;
+        };
+        let was_marked = node.stale_data != 0 || node.stale_entries != 0;
+        let bit = 1 << replica;
+        let field = if entries {
+            &mut node.stale_entries
+        } else {
+            &mut node.stale_data
+        };
+        let new = *field & bit == 0;
+        *field |= bit;
+        if !was_marked {
+            self.marked += 1;
+        }
+        new
+    }
+
+    /// Every mark: (inode, replicas stale for data, replicas stale for entries).
+    pub fn marks(&self) -> Vec<(Ino, ReplicaSet, ReplicaSet)> {
+        if self.marked == 0 {
+            return Vec::new();
+        }
+        let mut out: Vec<_> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.stale_data != 0 || n.stale_entries != 0)
+            .map(|(&ino, n)| (ino, n.stale_data, n.stale_entries))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> &OsStr {
+        OsStr::new(s)
+    }
+
+    #[test]
+    fn lookups_of_one_name_share_an_inode_and_forget_removes_it() {
+        let mut t = InodeTable::new();
+        let a = t.lookup(ROOT, name("a"), FileType::Directory, None);
+        assert_eq!(t.lookup(ROOT, name("a"), FileType::Directory, None), a);
+        let f = t.lookup(a, name("f"), FileType::RegularFile, None);
+        assert_eq!(t.relative_path(f).unwrap(), PathBuf::from("a/f"));
+        // The directory stays while its child is known, even after its own forget.
+        assert!(t.forget(a, 2).is_empty());
+        assert_eq!(t.forget(f, 1), vec![f, a]);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn hard_links_map_to_one_inode_by_backing_key() {
+        let mut t = InodeTable::new();
+        let key = (0, 7, 42);
+        let x = t.lookup(ROOT, name("x"), FileType::RegularFile, Some(key));
+        let y = t.lookup(ROOT, name("y"), FileType::RegularFile, Some(key));
+        assert_eq!(x, y);
+        t.unlink(ROOT, name("x"));
+        assert_eq!(t.location(x).unwrap().1.as_ref(), name("y"));
+        // Once the last name is gone a new file may reuse the backing identity.
+        t.unlink(ROOT, name("y"));
+        let z = t.lookup(ROOT, name("z"), FileType::RegularFile, Some(key));
+        assert_ne!(z, x);
+    }
+
+    #[test]
+    fn a_changed_type_under_a_name_gets_a_new_inode() {
+        let mut t = InodeTable::new();
+        let a = t.lookup(ROOT, name("a"), FileType::RegularFile, None);
+        let b = t.lookup(ROOT, name("a"), FileType::Directory, None);
+        assert_ne!(a, b);
+        assert_eq!(t.child(ROOT, name("a")), Some(b));
+    }
+
+    #[test]
+    fn rename_moves_and_exchange_swaps() {
+        let mut t = InodeTable::new();
+        let d = t.lookup(ROOT, name("d"), FileType::Directory, None);
+        let a = t.lookup(ROOT, name("a"), FileType::RegularFile, None);
+        let b = t.lookup(d, name("b"), FileType::RegularFile, None);
+        t.rename(ROOT, name("a"), d, name("c"), false);
+        assert_eq!(t.relative_path(a).unwrap(), PathBuf::from("d/c"));
+        t.rename(d, name("c"), d, name("b"), true);
+        assert_eq!(t.relative_path(a).unwrap(), PathBuf::from("d/b"));
+        assert_eq!(t.relative_path(b).unwrap(), PathBuf::from("d/c"));
+        // Rename over an existing name displaces it.
+        t.rename(d, name("c"), d, name("b"), false);
+        assert_eq!(t.child(d, name("b")), Some(b));
+        assert!(t.location(a).is_none());
+    }
+
+    #[test]
+    fn marks_cover_descendants_and_pin_the_path() {
+        let mut t = InodeTable::new();
+        let d = t.lookup(ROOT, name("d"), FileType::Directory, None);
+        let f = t.lookup(d, name("f"), FileType::RegularFile, None);
+        assert_eq!(t.fresh(f, 0b111), 0b111);
+        assert!(t.mark_data(d, 1));
+        assert!(!t.mark_data(d, 1));
+        assert_eq!(t.fresh(f, 0b111), 0b101);
+        t.mark_entries(ROOT, 2);
+        assert_eq!(t.fresh(f, 0b111), 0b101);
+        assert_eq!(t.fresh_entries(ROOT, 0b111), 0b011);
+        // The marked directory outlives the kernel's interest in it.
+        t.forget(f, 1);
+        t.forget(d, 1);
+        assert!(t.contains(d));
+        assert_eq!(t.marks().len(), 2);
+    }
+}

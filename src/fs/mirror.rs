@@ -1,0 +1,333 @@
+//! The mirror itself: replicas, inode table, handles, and the helpers every operation
+//! shares (choosing replicas, resolving an inode on a replica, recording divergence).
+//!
+//! The operations live in sibling modules as further `impl MirrorFs` blocks, grouped by
+//! concern; `fuse_adapter` turns their `io::Result`s into FUSE replies.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockWriteGuard};
+use std::time::Duration;
+
+use tracing::warn;
+
+use crate::fs::handles::{HandleTable, OpenDir, OpenFile};
+use fuser::FileType;
+
+use crate::fs::inode::{Ino, InodeTable, ROOT, ReplicaSet};
+use crate::replica::Replica;
+use crate::sys;
+
+/// Why a replica diverged: the error it returned, or (errno 0) that it was skipped.
+pub fn divergence_reason(errno: i32) -> String {
+    if errno == 0 {
+        "skipped: a directory the change involves is out of date there".into()
+    } else {
+        sys::strerror(errno)
+    }
+}
+
+/// Settings of a mounted mirror that the filesystem itself uses.
+#[derive(Clone, Debug)]
+pub struct FsOptions {
+    /// How long the kernel may cache attributes and names.
+    pub ttl: Duration,
+}
+
+/// What a replica that diverged is out of sync for.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope {
+    /// The contents or attributes of one inode (and, for a directory, all below it).
+    Data(Ino),
+    /// The listing of one directory.
+    Entries(Ino),
+}
+
+/// Per-inode locks, striped over a fixed set indexed by inode number.
+///
+/// `order` serialises the changes to one inode so that every replica applies them in the
+/// same order. `names` guards the link between an inode and its name: operations that
+/// reach an inode through its parent and name hold it shared from resolving the name to
+/// the end of the system call, and rename, unlink and rmdir hold it exclusively while
+/// they move or remove the inode on every replica and in the table. Order locks are
+/// always taken before name locks, each kind in stripe order.
+struct InodeLocks {
+    order: Vec<Mutex<()>>,
+    names: Vec<RwLock<()>>,
+}
+
+const LOCK_STRIPES: usize = 256;
+
+fn stripe(ino: Ino) -> usize {
+    (ino as usize) % LOCK_STRIPES
+}
+
+/// The distinct stripes of `inos`, in lock order.
+fn stripes(inos: &[Ino]) -> Vec<usize> {
+    let mut s: Vec<usize> = inos.iter().map(|&i| stripe(i)).collect();
+    s.sort_unstable();
+    s.dedup();
+    s
+}
+
+impl InodeLocks {
+    fn new() -> InodeLocks {
+        InodeLocks {
+            order: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            names: (0..LOCK_STRIPES).map(|_| RwLock::new(())).collect(),
+        }
+    }
+}
+
+/// Guards held for the duration of one change.
+pub(crate) type OrderGuards<'a> = Vec<MutexGuard<'a, ()>>;
+pub(crate) type NameGuards<'a> = Vec<RwLockWriteGuard<'a, ()>>;
+
+pub struct MirrorFs {
+    pub(crate) replicas: Vec<Replica>,
+    /// Every replica, as a set.
+    all: ReplicaSet,
+    table: Mutex<InodeTable>,
+    pub(crate) files: HandleTable<OpenFile>,
+    pub(crate) dirs: HandleTable<OpenDir>,
+    /// Held for reading while a directory path is resolved on a replica, for writing while
+    /// a directory is renamed or removed, so a path is never resolved half-way through
+    /// such a change.
+    namespace: RwLock<()>,
+    locks: InodeLocks,
+    pub(crate) options: FsOptions,
+}
+
+impl MirrorFs {
+    pub fn new(replicas: Vec<Replica>, options: FsOptions) -> MirrorFs {
+        let all = replicas.iter().fold(0, |s, r| s | (1 << r.index));
+        MirrorFs {
+            replicas,
+            all,
+            table: Mutex::new(InodeTable::new()),
+            files: HandleTable::default(),
+            dirs: HandleTable::default(),
+            namespace: RwLock::new(()),
+            locks: InodeLocks::new(),
+            options,
+        }
+    }
+
+    pub(crate) fn table(&self) -> MutexGuard<'_, InodeTable> {
+        self.table.lock().expect("inode table lock")
+    }
+
+    /// Serialises changes to `inos` with every other change to them.
+    pub(crate) fn order(&self, inos: &[Ino]) -> OrderGuards<'_> {
+        stripes(inos)
+            .into_iter()
+            .map(|s| self.locks.order[s].lock().expect("order lock"))
+            .collect()
+    }
+
+    /// Excludes every operation that reaches `inos` through their names, while they are
+    /// moved or removed.
+    pub(crate) fn rename_guard(&self, inos: &[Ino]) -> NameGuards<'_> {
+        stripes(inos)
+            .into_iter()
+            .map(|s| self.locks.names[s].write().expect("name lock"))
+            .collect()
+    }
+
+    /// Excludes path resolution while a directory moves or disappears.
+    pub(crate) fn namespace_change(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.namespace.write().expect("namespace lock")
+    }
+
+    /// Replicas whose copy of `ino` is current.
+    pub(crate) fn fresh(&self, ino: Ino) -> ReplicaSet {
+        self.table().fresh(ino, self.all)
+    }
+
+    /// Replicas whose listing of directory `ino` is current.
+    pub(crate) fn fresh_entries(&self, ino: Ino) -> ReplicaSet {
+        self.table().fresh_entries(ino, self.all)
+    }
+
+    /// The replicas of `set` in preference order.
+    pub(crate) fn members(&self, set: ReplicaSet) -> impl Iterator<Item = &Replica> {
+        crate::fs::fanout::members(&self.replicas, set)
+    }
+
+    /// An `O_PATH` descriptor of directory `ino` on replica `r`.
+    pub(crate) fn dir_fd(&self, r: &Replica, ino: Ino) -> io::Result<Arc<OwnedFd>> {
+        if let Some(fd) = r.cached_dir(ino) {
+            return Ok(fd);
+        }
+        let _resolving = self.namespace.read().expect("namespace lock");
+        let path = self
+            .table()
+            .relative_path(ino)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        r.open_dir(ino, &path)
+    }
+
+    /// Runs `f` with the descriptor of the parent directory of `ino` on `r` and its name,
+    /// while no rename or unlink can change that name. Fails with ENOENT for a node with
+    /// no name left.
+    pub(crate) fn with_name<T>(
+        &self,
+        r: &Replica,
+        ino: Ino,
+        f: impl FnOnce(BorrowedFd<'_>, &OsStr) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let _name = self.locks.names[stripe(ino)].read().expect("name lock");
+        let (parent, name) = self
+            .table()
+            .location(ino)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        let dir = self.dir_fd(r, parent)?;
+        f(dir.as_fd(), &name)
+    }
+
+    /// An `O_PATH` descriptor of the object `ino` itself on `r` (the root, a directory, or
+    /// any other node through its parent), never following a symlink.
+    pub(crate) fn object_fd(&self, r: &Replica, ino: Ino) -> io::Result<OwnedFd> {
+        if ino == ROOT {
+            return r.root().try_clone_to_owned();
+        }
+        if self.table().kind(ino) == Some(FileType::Directory) {
+            return self.dir_fd(r, ino)?.try_clone();
+        }
+        self.with_name(r, ino, |dir, name| sys::openat(dir, name, libc::O_PATH, 0))
+    }
+
+    /// `stat` of `ino` on replica `r`.
+    pub(crate) fn stat_on(&self, r: &Replica, ino: Ino) -> io::Result<sys::Stat> {
+        if ino == ROOT {
+            return sys::fstat(r.root());
+        }
+        if self.table().kind(ino) == Some(FileType::Directory) {
+            return sys::fstat(self.dir_fd(r, ino)?.as_fd());
+        }
+        if self.table().location(ino).is_none()
+            && let Some(h) = self.any_handle(r, ino)
+        {
+            return sys::fstat(h.fd(r.index).expect("any_handle has one"));
+        }
+        self.with_name(r, ino, sys::statat)
+    }
+
+    /// An open handle on `ino` with a descriptor on `r`: how a file that lost its last
+    /// name (unlinked while open) is still reached.
+    pub(crate) fn any_handle(&self, r: &Replica, ino: Ino) -> Option<Arc<OpenFile>> {
+        self.files.find(|h| h.ino == ino && h.fd(r.index).is_some())
+    }
+
+    /// Directory `ino` on `r`, opened for reading.
+    pub(crate) fn open_dir_itself(&self, r: &Replica, ino: Ino) -> io::Result<OwnedFd> {
+        let dir = self.dir_fd(r, ino)?;
+        sys::openat(
+            dir.as_fd(),
+            OsStr::new("."),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )
+    }
+
+    /// Tries `f` on each replica of `set` in preference order until one answers. A fault
+    /// (EIO, ENOTCONN, ...) marks that replica out of sync for `scope` and moves on; any
+    /// other error is the answer.
+    pub(crate) fn read_any<T>(
+        &self,
+        op: &'static str,
+        set: ReplicaSet,
+        scope: Scope,
+        mut f: impl FnMut(&Replica) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let mut last = None;
+        for r in self.members(set) {
+            match f(r) {
+                Ok(v) => return Ok(v),
+                Err(e) if sys::is_fault(sys::errno(&e)) => {
+                    self.diverged(op, &[(r.index, sys::errno(&e))], &[scope]);
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EIO)))
+    }
+
+    /// Records that replicas answered differently from the result the caller got: each is
+    /// marked out of sync for every scope, and each new mark is logged once.
+    pub(crate) fn diverged(&self, op: &'static str, replicas: &[(usize, i32)], scopes: &[Scope]) {
+        if replicas.is_empty() {
+            return;
+        }
+        let mut table = self.table();
+        for &(index, errno) in replicas {
+            let r = &self.replicas[index];
+            // A node missing on a replica means its parent's listing differs there too.
+            let missing_in: Vec<Scope> = if errno == libc::ENOENT {
+                scopes
+                    .iter()
+                    .filter_map(|s| match *s {
+                        Scope::Data(ino) => table.location(ino).map(|(p, _)| Scope::Entries(p)),
+                        Scope::Entries(_) => None,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            for scope in scopes.iter().chain(&missing_in) {
+                let (ino, new) = match *scope {
+                    Scope::Data(ino) => (ino, table.mark_data(ino, index)),
+                    Scope::Entries(ino) => (ino, table.mark_entries(ino, index)),
+                };
+                let path = table.display_path(ino);
+                if new {
+                    warn!(
+                        replica = %r.path.display(),
+                        op,
+                        path = %path,
+                        error = %divergence_reason(errno),
+                        "replica is out of sync for this path; it will not be read from \
+                         for it until it is repaired"
+                    );
+                }
+                r.record_error(op, path, errno);
+            }
+        }
+    }
+
+    /// Forgets replica-side state of inodes that left the table.
+    pub(crate) fn dropped(&self, inos: &[Ino]) {
+        for r in &self.replicas {
+            r.forget_dirs(inos);
+        }
+    }
+
+    /// Every replica, as a set.
+    pub(crate) fn all(&self) -> ReplicaSet {
+        self.all
+    }
+
+    /// The name is not one the mount may create or address.
+    pub(crate) fn check_name(&self, parent: Ino, name: &OsStr) -> io::Result<()> {
+        crate::names::validate(name)?;
+        if crate::names::is_reserved(parent == ROOT, name) {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        Ok(())
+    }
+}
+
+impl MirrorFs {
+    /// Flushes every replica's filesystem; called when the mount goes away.
+    pub fn sync_replicas(&self) {
+        for r in &self.replicas {
+            let synced = sys::reopen(r.root(), libc::O_RDONLY | libc::O_DIRECTORY)
+                .and_then(|fd| sys::syncfs(fd.as_fd()));
+            if let Err(e) = synced {
+                warn!(replica = %r.path.display(), error = %e, "syncfs failed");
+            }
+        }
+    }
+}

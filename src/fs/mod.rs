@@ -1,0 +1,16 @@
+//! The FUSE filesystem: a mirror of N replica directories behind one mount point.
+
+pub mod attr;
+pub mod attributes;
+pub mod dirs;
+pub mod fanout;
+pub mod files;
+pub mod fuse_adapter;
+pub mod handles;
+pub mod inode;
+pub mod mirror;
+pub mod namespace;
+pub mod report;
+pub mod xattrs;
+
+pub use mirror::{FsOptions, MirrorFs};

@@ -1,0 +1,80 @@
+//! The mirror's report of its own state, for the control channel.
+
+use std::path::Path;
+use std::time::UNIX_EPOCH;
+
+use crate::fs::mirror::{MirrorFs, divergence_reason};
+use crate::status::{
+    LastError, MirrorStatus, OUT_OF_SYNC_LISTED, OutOfSync, ReplicaState, ReplicaStatus,
+};
+
+impl MirrorFs {
+    pub fn status(&self, mount_point: &Path) -> MirrorStatus {
+        let (marks, paths): (Vec<_>, Vec<_>) = {
+            let table = self.table();
+            let marks = table.marks();
+            let paths = marks
+                .iter()
+                .map(|(ino, _, _)| table.display_path(*ino))
+                .collect();
+            (marks, paths)
+        };
+        let replicas = self
+            .replicas
+            .iter()
+            .map(|r| {
+                let bit = 1 << r.index;
+                let mut out = Vec::new();
+                for ((_, data, entries), path) in marks.iter().zip(&paths) {
+                    if data & bit != 0 {
+                        out.push(OutOfSync {
+                            path: path.clone(),
+                            scope: "data".into(),
+                        });
+                    }
+                    if entries & bit != 0 {
+                        out.push(OutOfSync {
+                            path: path.clone(),
+                            scope: "entries".into(),
+                        });
+                    }
+                }
+                let count = out.len();
+                out.truncate(OUT_OF_SYNC_LISTED);
+                ReplicaStatus {
+                    index: r.index,
+                    path: r.path.clone(),
+                    state: if count == 0 {
+                        ReplicaState::InSync
+                    } else {
+                        ReplicaState::Degraded
+                    },
+                    out_of_sync_count: count,
+                    out_of_sync: out,
+                    errors: r.error_count(),
+                    last_error: r.last_error().map(|e| LastError {
+                        time: e.at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                        op: e.op.to_string(),
+                        path: e.path,
+                        errno: e.errno,
+                        error: divergence_reason(e.errno),
+                    }),
+                }
+            })
+            .collect();
+        let everyone = self.all();
+        let unavailable = marks
+            .iter()
+            .zip(&paths)
+            .filter(|((_, data, _), _)| data & everyone == everyone)
+            .map(|(_, path)| path.clone())
+            .take(OUT_OF_SYNC_LISTED)
+            .collect();
+        MirrorStatus {
+            mount_point: mount_point.to_path_buf(),
+            pid: std::process::id(),
+            replicas,
+            unavailable,
+        }
+    }
+}
