@@ -1,0 +1,113 @@
+//! The command line: `mirrorfs mount` and `mirrorfs umount`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::CliError;
+
+/// mirrorfs: one mount point over N directories that hold the same tree.
+///
+/// Every change made through the mount is applied to every replica directory; reads come
+/// from a replica that is up to date and fail over to another on error.
+#[derive(Debug, Parser)]
+#[command(name = "mirrorfs", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mount a mirror of REPLICA directories at MOUNTPOINT.
+    Mount(MountArgs),
+    /// Unmount a mirror and wait for its daemon to finish.
+    Umount(UmountArgs),
+    /// Show the state of each replica of a mounted mirror (monitoring-plugin format).
+    Health(HealthArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  mirrorfs mount /disk1/data /disk2/data /mnt/data
+  mirrorfs mount /disk1/data:/disk2/data /mnt/data -o allow_other
+  mirrorfs umount /mnt/data
+
+By default the command returns once the mount is ready and the daemon keeps running in \
+the background, logging to /var/log/mirrorfs/<mount point>.log. The mount always uses \
+default_permissions: the kernel checks access like on a local filesystem.")]
+pub struct MountArgs {
+    /// Replica directories (first = primary), then the mount point. A single
+    /// `dirA:dirB:dirC` replica argument is also accepted.
+    #[arg(value_name = "REPLICA... MOUNTPOINT", num_args = 1.., required = true)]
+    pub paths: Vec<PathBuf>,
+
+    /// Stay in the foreground and log to stderr.
+    #[arg(short, long)]
+    pub foreground: bool,
+
+    /// Mount options, comma-separated: allow_other, allow_root, default_permissions
+    /// (always on), ro, rw, suid, nosuid, dev, nodev, exec, noexec, atime, noatime, sync,
+    /// async, dirsync, fsname=NAME, threads=N, cache_ttl=SECONDS. fstab-only options
+    /// (defaults, nofail, _netdev, noauto, x-...) are ignored.
+    #[arg(short = 'o', value_name = "OPTS", action = clap::ArgAction::Append)]
+    pub options: Vec<String>,
+
+    /// Threads serving FUSE requests [default: twice the CPU count, at least 2].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// Seconds the kernel may cache names and attributes [default: 1].
+    #[arg(long, value_name = "SECONDS")]
+    pub cache_ttl: Option<f64>,
+
+    /// Log file of the background daemon [default: /var/log/mirrorfs/<mount point>.log].
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+
+    /// Log level or filter (error, warn, info, debug, trace).
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Args)]
+pub struct UmountArgs {
+    /// The mount point of a mirrorfs mount.
+    pub mount_point: PathBuf,
+
+    /// Seconds to wait for the daemon to finish after unmounting.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Exit status: 0 OK (every replica in sync), 1 WARNING (a replica is degraded; every path is \
+still readable), 2 CRITICAL (a path is readable from no replica, or the daemon is gone or \
+not answering), 3 UNKNOWN (not a mirrorfs mount).")]
+pub struct HealthArgs {
+    /// The mount point of a mirrorfs mount.
+    pub mount_point: PathBuf,
+
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the command line and returns the process exit status.
+pub fn run() -> i32 {
+    let cli = Cli::parse();
+    let result: Result<i32, CliError> = match cli.command {
+        Command::Mount(args) => crate::mount::run(args).map(|()| 0),
+        Command::Umount(args) => crate::umount::run(args).map(|()| 0),
+        Command::Health(args) => crate::health::run(args),
+    };
+    match result {
+        Ok(status) => status,
+        Err(e) => {
+            eprintln!("mirrorfs: {e}");
+            e.status
+        }
+    }
+}

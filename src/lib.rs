@@ -1,0 +1,16 @@
+//! mirrorfs: a FUSE filesystem that mirrors one tree onto N replica directories.
+
+pub mod cli;
+pub mod control;
+pub mod error;
+pub mod fs;
+pub mod health;
+pub mod logging;
+pub mod mount;
+pub mod mountinfo;
+pub mod names;
+pub mod replica;
+pub mod runtime;
+pub mod status;
+pub mod sys;
+pub mod umount;

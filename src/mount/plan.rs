@@ -1,0 +1,181 @@
+//! Checking what `mirrorfs mount` was given, before anything is created or changed.
+//!
+//! Refused, each with a one-line reason: no replica; a replica that does not exist, is not
+//! a directory or cannot be reached; the same directory twice; one replica inside another;
+//! a mount point that does not exist, is not a directory or is already mounted; a mount
+//! point inside a replica; a replica inside the mount point.
+
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::cli_error;
+use crate::error::CliError;
+use crate::mountinfo;
+
+/// The most replicas one mirror may have.
+pub const MAX_REPLICAS: usize = 32;
+
+/// A checked request: absolute, symlink-free paths.
+#[derive(Debug, Clone)]
+pub struct MountPlan {
+    pub replicas: Vec<PathBuf>,
+    pub mount_point: PathBuf,
+}
+
+fn describe(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => "does not exist".into(),
+        Some(libc::ENOTCONN) => {
+            "is on a disconnected FUSE mount (its daemon is gone); unmount that first".into()
+        }
+        _ => format!("cannot be accessed: {e}"),
+    }
+}
+
+/// Splits the arguments into replicas and mount point, expanding a single `a:b:c`.
+fn split(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, PathBuf), CliError> {
+    let Some((mount_point, replicas)) = paths.split_last() else {
+        return Err(cli_error!("no mount point given"));
+    };
+    if replicas.is_empty() {
+        return Err(cli_error!(
+            "no replica directory given (usage: mirrorfs mount REPLICA... MOUNTPOINT)"
+        ));
+    }
+    let mut out = replicas.to_vec();
+    if let [single] = replicas {
+        let text = single.to_string_lossy();
+        if text.contains(':') && !single.exists() {
+            out = text.split(':').map(PathBuf::from).collect();
+            if out.iter().any(|p| p.as_os_str().is_empty()) {
+                return Err(cli_error!("replica list {text:?} has an empty entry"));
+            }
+        }
+    }
+    Ok((out, mount_point.clone()))
+}
+
+fn directory(role: &str, path: &Path) -> Result<(PathBuf, (u64, u64)), CliError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| cli_error!("{role} {}: {}", path.display(), describe(&e)))?;
+    if !meta.is_dir() {
+        return Err(cli_error!("{role} {}: not a directory", path.display()));
+    }
+    let canonical = std::fs::canonicalize(path)
+        .map_err(|e| cli_error!("{role} {}: {}", path.display(), describe(&e)))?;
+    Ok((canonical, (meta.dev(), meta.ino())))
+}
+
+pub fn plan(paths: &[PathBuf]) -> Result<MountPlan, CliError> {
+    let (given, mount_point) = split(paths)?;
+    if given.len() > MAX_REPLICAS {
+        return Err(cli_error!(
+            "{} replicas given; a mirror has at most {MAX_REPLICAS}",
+            given.len()
+        ));
+    }
+    let mut replicas: Vec<(PathBuf, (u64, u64))> = Vec::new();
+    for path in &given {
+        let (canonical, id) = directory("replica", path)?;
+        if let Some((other, _)) = replicas.iter().find(|(p, i)| *p == canonical || *i == id) {
+            return Err(cli_error!(
+                "replica {} is given twice (it is the same directory as {})",
+                path.display(),
+                other.display()
+            ));
+        }
+        replicas.push((canonical, id));
+    }
+    for (a, _) in &replicas {
+        for (b, _) in &replicas {
+            if a != b && a.starts_with(b) {
+                return Err(cli_error!(
+                    "replica {} is inside replica {}",
+                    a.display(),
+                    b.display()
+                ));
+            }
+        }
+    }
+    let (mount_point, _) = directory("mount point", &mount_point)?;
+    let mounted = mountinfo::mounted_at(&mount_point)
+        .map_err(|e| cli_error!("cannot read the mount table: {e}"))?;
+    if let Some(m) = mounted {
+        return Err(cli_error!(
+            "mount point {} is already mounted ({} from {}); unmount it first",
+            mount_point.display(),
+            m.fs_type,
+            m.source
+        ));
+    }
+    for (r, _) in &replicas {
+        if mount_point.starts_with(r) {
+            return Err(cli_error!(
+                "mount point {} is inside replica {}",
+                mount_point.display(),
+                r.display()
+            ));
+        }
+        if r.starts_with(&mount_point) {
+            return Err(cli_error!(
+                "replica {} is inside the mount point {}",
+                r.display(),
+                mount_point.display()
+            ));
+        }
+    }
+    Ok(MountPlan {
+        replicas: replicas.into_iter().map(|(p, _)| p).collect(),
+        mount_point,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(list: &[&Path]) -> Vec<PathBuf> {
+        list.iter().map(|p| p.to_path_buf()).collect()
+    }
+
+    #[test]
+    fn accepts_separate_directories_and_a_colon_list() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b, m) = (t.path().join("a"), t.path().join("b"), t.path().join("m"));
+        for d in [&a, &b, &m] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let p = plan(&paths(&[&a, &b, &m])).unwrap();
+        assert_eq!(p.replicas.len(), 2);
+        let colon = PathBuf::from(format!("{}:{}", a.display(), b.display()));
+        let q = plan(&paths(&[&colon, &m])).unwrap();
+        assert_eq!(q.replicas, p.replicas);
+    }
+
+    #[test]
+    fn refuses_bad_input_with_a_reason() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, m) = (t.path().join("a"), t.path().join("m"));
+        std::fs::create_dir(&a).unwrap();
+        std::fs::create_dir(&m).unwrap();
+        let file = t.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let inner = a.join("inner");
+        std::fs::create_dir(&inner).unwrap();
+        let cases: Vec<(Vec<PathBuf>, &str)> = vec![
+            (paths(&[&m]), "no replica directory given"),
+            (paths(&[&t.path().join("nope"), &m]), "does not exist"),
+            (paths(&[&file, &m]), "not a directory"),
+            (paths(&[&a, &a, &m]), "given twice"),
+            (paths(&[&a, &inner, &m]), "is inside replica"),
+            (paths(&[&a, &inner]), "is inside replica"),
+            (paths(&[&m, t.path()]), "inside the mount point"),
+        ];
+        for (args, expected) in cases {
+            let err = plan(&args).unwrap_err().message;
+            assert!(err.contains(expected), "{args:?}: {err}");
+            assert!(!err.contains('\n'));
+        }
+    }
+}
