@@ -1,0 +1,83 @@
+//! The control channel between a mount's daemon and the `mirrorfs` commands that query it:
+//! a Unix socket at `/run/mirrorfs/<mount point>.sock`, mode 0600, owned by the user who
+//! mounted (so only that user and root can connect). One request line, one JSON answer.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::warn;
+
+use crate::fs::MirrorFs;
+use crate::runtime;
+use crate::status::MirrorStatus;
+
+/// The request for the mirror's status.
+const STATUS: &str = "status";
+
+/// How long either side waits for the other.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn socket_path(mount_point: &Path) -> PathBuf {
+    Path::new(runtime::RUNTIME_DIR).join(format!("{}.sock", runtime::key(mount_point)))
+}
+
+/// Binds the socket and answers requests on a background thread.
+pub fn serve(fs: Arc<MirrorFs>, mount_point: PathBuf) -> std::io::Result<()> {
+    std::fs::create_dir_all(runtime::RUNTIME_DIR)?;
+    let path = socket_path(&mount_point);
+    // A socket left by a daemon that was killed: this mount point is ours now.
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(stream) => {
+                        if let Err(e) = answer(&fs, &mount_point, stream) {
+                            warn!(error = %e, "control request failed");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "control socket accept failed"),
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn answer(fs: &MirrorFs, mount_point: &Path, stream: UnixStream) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    let mut out = &stream;
+    match line.trim() {
+        STATUS => {
+            let mut body = serde_json::to_vec(&fs.status(mount_point))?;
+            body.push(b'\n');
+            out.write_all(&body)
+        }
+        other => out.write_all(format!("{{\"error\":\"unknown request {other:?}\"}}\n").as_bytes()),
+    }
+}
+
+/// Removes the socket when the daemon stops.
+pub fn remove(mount_point: &Path) {
+    let _ = std::fs::remove_file(socket_path(mount_point));
+}
+
+/// Asks the daemon of `mount_point` for its status, waiting at most [`TIMEOUT`] per step.
+pub fn status(mount_point: &Path) -> std::io::Result<MirrorStatus> {
+    let stream = UnixStream::connect(socket_path(mount_point))?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    (&stream).write_all(format!("{STATUS}\n").as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    serde_json::from_str(&line).map_err(std::io::Error::other)
+}
