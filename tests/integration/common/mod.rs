@@ -1,0 +1,224 @@
+//! Shared fixtures: a mounted mirror over temporary replicas that unmounts itself even
+//! when a test fails, a tree snapshot that compares replicas, and small syscall helpers.
+
+#![allow(dead_code)]
+
+pub mod tree;
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mirrorfs");
+
+/// Runs the mirrorfs binary with `args`.
+pub fn mirrorfs(args: &[&OsStr]) -> Output {
+    Command::new(BIN).args(args).output().expect("run mirrorfs")
+}
+
+pub fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+/// The errno of the last failed libc call.
+pub fn last_errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap()
+}
+
+/// A mirror of `n` replicas mounted over fresh temporary directories.
+pub struct Mirror {
+    pub dir: TempDir,
+    pub replicas: Vec<PathBuf>,
+    pub mnt: PathBuf,
+    pub extra_args: Vec<String>,
+    pid: Option<u32>,
+    /// tmpfs mounts made for replicas, unmounted after the mirror.
+    tmpfs: Vec<PathBuf>,
+}
+
+impl Mirror {
+    pub fn new(n: usize) -> Mirror {
+        Mirror::with_args(n, &[])
+    }
+
+    /// A mirror mounted with extra `mirrorfs mount` arguments.
+    pub fn with_args(n: usize, args: &[&str]) -> Mirror {
+        Mirror::with_tmpfs(n, args, &[])
+    }
+
+    /// A mirror whose replicas listed in `tmpfs` (index, size such as "1m") are small tmpfs
+    /// mounts of their own.
+    pub fn with_tmpfs(n: usize, args: &[&str], tmpfs: &[(usize, &str)]) -> Mirror {
+        let dir = tempfile::Builder::new()
+            .prefix("mirrorfs-test-")
+            .tempdir()
+            .unwrap();
+        let replicas: Vec<PathBuf> = (0..n).map(|i| dir.path().join(format!("r{i}"))).collect();
+        for r in &replicas {
+            std::fs::create_dir(r).unwrap();
+        }
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let mut m = Mirror {
+            dir,
+            replicas,
+            mnt,
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+            pid: None,
+            tmpfs: Vec::new(),
+        };
+        for &(i, size) in tmpfs {
+            let out = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(&m.replicas[i])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            m.tmpfs.push(m.replicas[i].clone());
+        }
+        m.mount();
+        m
+    }
+
+    /// Mounts (again) with the mirror's arguments.
+    pub fn mount(&mut self) {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("mount").args(&self.replicas).arg(&self.mnt);
+        cmd.arg("--log-file").arg(self.log_path());
+        cmd.args(&self.extra_args);
+        let out = cmd.output().expect("run mirrorfs mount");
+        assert!(
+            out.status.success(),
+            "mount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.pid = Some(daemon_pid(&self.mnt).expect("daemon recorded its pid"));
+    }
+
+    /// The daemon's pid while mounted.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("mirrorfs.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// A path through the mount.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// A path inside replica `i`.
+    pub fn replica(&self, i: usize, rel: &str) -> PathBuf {
+        self.replicas[i].join(rel)
+    }
+
+    /// Unmounts with `mirrorfs umount`, which waits for the daemon to finish.
+    pub fn unmount(&mut self) {
+        let out = mirrorfs(&[OsStr::new("umount"), self.mnt.as_os_str()]);
+        assert!(
+            out.status.success(),
+            "umount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.pid = None;
+    }
+
+    /// Asserts that the mount and every replica hold the same tree.
+    pub fn assert_in_sync(&self) {
+        let view = tree::snapshot(&self.mnt, false);
+        for (i, r) in self.replicas.iter().enumerate() {
+            let snap = tree::snapshot(r, true);
+            if let Some(diff) = tree::first_difference(&view, &snap) {
+                panic!("replica {i} differs from the mount: {diff}");
+            }
+        }
+    }
+
+    /// The status the daemon reports, as JSON.
+    pub fn status(&self) -> serde_json::Value {
+        let out = mirrorfs(&[
+            OsStr::new("health"),
+            OsStr::new("--json"),
+            self.mnt.as_os_str(),
+        ]);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "health --json is not JSON ({e}): {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        self.stop_daemon();
+        for t in self.tmpfs.drain(..) {
+            let p = cstr(&t);
+            // SAFETY: unmounting a tmpfs this fixture mounted.
+            unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+impl Mirror {
+    /// Unmounts (lazily if busy) and makes sure the daemon is gone.
+    fn stop_daemon(&mut self) {
+        let Some(pid) = self.pid.take() else { return };
+        let path = cstr(&self.mnt);
+        // SAFETY: plain umount2 calls on our own mount point.
+        unsafe {
+            if libc::umount2(path.as_ptr(), 0) != 0 {
+                libc::umount2(path.as_ptr(), libc::MNT_DETACH);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // SAFETY: signal 0 only checks that the process exists.
+        while unsafe { libc::kill(pid as i32, 0) } == 0 {
+            if Instant::now() > deadline {
+                // SAFETY: the daemon is ours and stuck; stop it.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The pid a daemon recorded for `mnt`.
+pub fn daemon_pid(mnt: &Path) -> Option<u32> {
+    let key = mirrorfs::runtime::key(mnt);
+    let text = std::fs::read_to_string(format!("/run/mirrorfs/{key}.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["pid"].as_u64().map(|p| p as u32)
+}
+
+/// Runs `sh -c script` as uid/gid 65534 (nobody, without supplementary groups) with
+/// umask 022, in `dir`.
+pub fn as_nobody(dir: &Path, script: &str) -> Output {
+    use std::os::unix::process::CommandExt;
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("umask 022; {script}"))
+        .current_dir(dir)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run sh as nobody")
+}

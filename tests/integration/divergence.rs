@@ -1,0 +1,84 @@
+//! A replica that fails where the others succeed is marked out of sync for that path,
+//! reported by `mirrorfs health`, and not read from for it; the application sees success.
+
+use std::ffi::OsStr;
+use std::fs;
+
+use crate::common::{Mirror, mirrorfs};
+
+fn replica_state(m: &Mirror, i: usize) -> (String, Vec<String>) {
+    let s = m.status();
+    let r = &s["daemon"]["replicas"][i];
+    let paths = r["out_of_sync"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            format!(
+                "{}:{}",
+                p["scope"].as_str().unwrap(),
+                p["path"].as_str().unwrap()
+            )
+        })
+        .collect();
+    (r["state"].as_str().unwrap().to_string(), paths)
+}
+
+#[test]
+fn a_full_replica_is_marked_and_writes_keep_succeeding() {
+    let m = Mirror::with_tmpfs(3, &[], &[(1, "1m")]);
+    let data: Vec<u8> = (0..4 << 20).map(|i| (i % 253) as u8).collect();
+    fs::write(m.path("big"), &data).unwrap();
+    assert_eq!(fs::read(m.path("big")).unwrap(), data);
+    assert_eq!(fs::read(m.replica(0, "big")).unwrap(), data);
+    assert_eq!(fs::read(m.replica(2, "big")).unwrap(), data);
+    let (state, paths) = replica_state(&m, 1);
+    assert_eq!(state, "degraded");
+    assert!(paths.contains(&"data:/big".to_string()), "{paths:?}");
+    assert_eq!(replica_state(&m, 0).0, "in-sync");
+    let out = mirrorfs(&[OsStr::new("health"), m.mnt.as_os_str()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("MIRRORFS WARNING - 1/3 replicas degraded"),
+        "{text}"
+    );
+    assert!(text.contains("No space left on device"), "{text}");
+    assert!(m.log().contains("out of sync"), "the marking is logged");
+
+    // Removing the file removes it everywhere, and nothing is left to differ.
+    fs::remove_file(m.path("big")).unwrap();
+    assert_eq!(replica_state(&m, 1).0, "in-sync");
+    m.assert_in_sync();
+}
+
+#[test]
+fn a_primary_missing_a_file_is_not_read_for_it() {
+    let m = Mirror::new(2);
+    fs::write(m.path("f"), b"old").unwrap();
+    // The primary loses the file behind the mirror's back.
+    fs::remove_file(m.replica(0, "f")).unwrap();
+    fs::write(m.path("f"), b"new contents").unwrap();
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"new contents");
+    let names: Vec<_> = fs::read_dir(&m.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("f")]);
+    let (state, paths) = replica_state(&m, 0);
+    assert_eq!(state, "degraded");
+    assert!(paths.contains(&"data:/f".to_string()), "{paths:?}");
+    assert!(paths.contains(&"entries:/".to_string()), "{paths:?}");
+    assert_eq!(replica_state(&m, 1).0, "in-sync");
+}
+
+#[test]
+fn every_replica_failing_alike_is_the_answer_not_a_fault() {
+    let m = Mirror::new(3);
+    fs::create_dir(m.path("d")).unwrap();
+    assert!(fs::create_dir(m.path("d")).is_err());
+    assert!(fs::remove_file(m.path("nope")).is_err());
+    for i in 0..3 {
+        assert_eq!(replica_state(&m, i).0, "in-sync");
+    }
+}

@@ -1,0 +1,128 @@
+//! Mounting and unmounting: background and foreground daemons, clean shutdown by
+//! `mirrorfs umount`, `umount` and signals, data kept across mounts, and what health
+//! reports in each state.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{BIN, Mirror, daemon_pid, mirrorfs};
+
+fn mounted(path: &std::path::Path) -> bool {
+    mirrorfs::mountinfo::mounted_at(path).unwrap().is_some()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+#[test]
+fn data_survives_unmount_and_remount() {
+    let mut m = Mirror::new(3);
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/f"), b"kept").unwrap();
+    let pid = m.pid().unwrap();
+    m.unmount();
+    // `mirrorfs umount` returns once the daemon is gone and the replicas are complete.
+    assert!(!alive(pid));
+    assert!(!mounted(&m.mnt));
+    for i in 0..3 {
+        assert_eq!(fs::read(m.replica(i, "d/f")).unwrap(), b"kept");
+    }
+    m.mount();
+    assert_eq!(fs::read(m.path("d/f")).unwrap(), b"kept");
+    m.assert_in_sync();
+}
+
+#[test]
+fn plain_umount_stops_the_daemon() {
+    let mut m = Mirror::new(2);
+    fs::write(m.path("f"), b"x").unwrap();
+    let pid = m.pid().unwrap();
+    let out = Command::new("umount").arg(&m.mnt).output().unwrap();
+    assert!(out.status.success());
+    wait_until("the daemon to exit", || !alive(pid));
+    // A new mount may follow at once.
+    m.mount();
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"x");
+}
+
+#[test]
+fn umount_of_a_busy_mount_is_refused_clearly() {
+    let m = Mirror::new(2);
+    let _open = fs::File::create(m.path("busy")).unwrap();
+    let out = mirrorfs(&[OsStr::new("umount"), m.mnt.as_os_str()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("busy"));
+    assert!(mounted(&m.mnt));
+}
+
+#[test]
+fn umount_refuses_what_is_not_a_mirrorfs_mount() {
+    let t = tempfile::tempdir().unwrap();
+    let out = mirrorfs(&[OsStr::new("umount"), t.path().as_os_str()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not mounted"));
+    let out = mirrorfs(&[OsStr::new("umount"), OsStr::new("/")]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a mirrorfs mount"));
+}
+
+#[test]
+fn foreground_mode_serves_until_sigterm() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b, mnt) = (t.path().join("a"), t.path().join("b"), t.path().join("mnt"));
+    for d in [&a, &b, &mnt] {
+        fs::create_dir(d).unwrap();
+    }
+    let mut child = Command::new(BIN)
+        .args(["mount", "-f"])
+        .args([&a, &b, &mnt])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the foreground mount", || mounted(&mnt));
+    fs::write(mnt.join("f"), b"fg").unwrap();
+    assert_eq!(daemon_pid(&mnt), Some(child.id()));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!mounted(&mnt));
+    assert_eq!(fs::read(b.join("f")).unwrap(), b"fg");
+}
+
+#[test]
+fn health_reports_ok_unknown_and_a_dead_daemon() {
+    let m = Mirror::new(2);
+    let out = mirrorfs(&[OsStr::new("health"), m.mnt.as_os_str()]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("MIRRORFS OK - 2/2 replicas in sync | 'degraded'=0;"),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 3);
+
+    let out = mirrorfs(&[OsStr::new("health"), m.dir.path().as_os_str()]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("MIRRORFS UNKNOWN"));
+
+    // SAFETY: killing the test's own daemon.
+    unsafe { libc::kill(m.pid().unwrap() as i32, libc::SIGKILL) };
+    wait_until("the daemon to die", || !alive(m.pid().unwrap()));
+    let started = Instant::now();
+    let out = mirrorfs(&[OsStr::new("health"), m.mnt.as_os_str()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("MIRRORFS CRITICAL"));
+    assert!(started.elapsed() < Duration::from_secs(8));
+}

@@ -1,0 +1,17 @@
+//! Integration tests: each mounts mirrorfs over temporary replica directories and checks,
+//! through the mount and directly on every replica, that the replicas hold the same tree.
+//! They need root and /dev/fuse.
+
+mod common;
+
+mod bad_input;
+mod concurrency;
+mod divergence;
+mod errnos;
+mod files;
+mod lifecycle;
+mod metadata;
+mod namespace;
+mod permissions;
+mod random_ops;
+mod security;
