@@ -26,7 +26,7 @@ fn replica_state(m: &Mirror, i: usize) -> (String, Vec<String>) {
 
 #[test]
 fn a_full_replica_is_marked_and_writes_keep_succeeding() {
-    let m = Mirror::with_tmpfs(3, &[], &[(1, "1m")]);
+    let m = Mirror::setup(3).tmpfs(1, "1m").mount();
     let data: Vec<u8> = (0..4 << 20).map(|i| (i % 253) as u8).collect();
     fs::write(m.path("big"), &data).unwrap();
     assert_eq!(fs::read(m.path("big")).unwrap(), data);
@@ -80,5 +80,41 @@ fn every_replica_failing_alike_is_the_answer_not_a_fault() {
     assert!(fs::remove_file(m.path("nope")).is_err());
     for i in 0..3 {
         assert_eq!(replica_state(&m, i).0, "in-sync");
+    }
+}
+
+#[test]
+fn a_read_error_fails_over_to_another_replica() {
+    let m = Mirror::setup(3).faulty(0).mount();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+    fs::write(m.path("f"), &data).unwrap();
+    m.faults(0).eio_reads.lock().unwrap().insert("f".into());
+    assert_eq!(fs::read(m.path("f")).unwrap(), data);
+    let (state, paths) = replica_state(&m, 0);
+    assert_eq!(state, "degraded");
+    assert!(paths.contains(&"data:/f".to_string()), "{paths:?}");
+    // Once marked, the replica is not read for that file even after it recovers.
+    m.faults(0).eio_reads.lock().unwrap().clear();
+    fs::write(m.replica(0, "f"), b"stale").ok();
+    assert_eq!(fs::read(m.path("f")).unwrap(), data);
+}
+
+#[test]
+fn a_dead_replica_does_not_stop_the_mount() {
+    let m = Mirror::setup(3).faulty(1).mount();
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/before"), b"1").unwrap();
+    m.faults(1)
+        .dead
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    fs::write(m.path("d/after"), b"2").unwrap();
+    fs::write(m.path("d/before"), b"3").unwrap();
+    fs::rename(m.path("d/after"), m.path("d/moved")).unwrap();
+    assert_eq!(fs::read(m.path("d/moved")).unwrap(), b"2");
+    assert_eq!(fs::read(m.path("d/before")).unwrap(), b"3");
+    assert_eq!(replica_state(&m, 1).0, "degraded");
+    for i in [0, 2] {
+        assert_eq!(replica_state(&m, i).0, "in-sync");
+        assert_eq!(fs::read(m.replica(i, "d/moved")).unwrap(), b"2");
     }
 }

@@ -3,7 +3,10 @@
 
 #![allow(dead_code)]
 
+pub mod faultfs;
 pub mod tree;
+
+use faultfs::{FaultMount, Faults};
 
 use std::ffi::{CString, OsStr};
 use std::io;
@@ -37,28 +40,47 @@ pub struct Mirror {
     pub mnt: PathBuf,
     pub extra_args: Vec<String>,
     pid: Option<u32>,
+    /// Fault filesystems serving replicas, unmounted after the mirror.
+    faulty: Vec<(usize, FaultMount)>,
     /// tmpfs mounts made for replicas, unmounted after the mirror.
     tmpfs: Vec<PathBuf>,
 }
 
-impl Mirror {
-    pub fn new(n: usize) -> Mirror {
-        Mirror::with_args(n, &[])
+/// How to build a mirror's replicas before mounting it.
+pub struct Setup {
+    n: usize,
+    args: Vec<String>,
+    tmpfs: Vec<(usize, String)>,
+    faulty: Vec<usize>,
+}
+
+impl Setup {
+    /// Extra `mirrorfs mount` arguments.
+    pub fn args(mut self, args: &[&str]) -> Setup {
+        self.args.extend(args.iter().map(|s| s.to_string()));
+        self
     }
 
-    /// A mirror mounted with extra `mirrorfs mount` arguments.
-    pub fn with_args(n: usize, args: &[&str]) -> Mirror {
-        Mirror::with_tmpfs(n, args, &[])
+    /// Replica `i` is a tmpfs of its own, of `size` (such as "1m").
+    pub fn tmpfs(mut self, i: usize, size: &str) -> Setup {
+        self.tmpfs.push((i, size.to_string()));
+        self
     }
 
-    /// A mirror whose replicas listed in `tmpfs` (index, size such as "1m") are small tmpfs
-    /// mounts of their own.
-    pub fn with_tmpfs(n: usize, args: &[&str], tmpfs: &[(usize, &str)]) -> Mirror {
+    /// Replica `i` is served by a fault filesystem over a backing directory.
+    pub fn faulty(mut self, i: usize) -> Setup {
+        self.faulty.push(i);
+        self
+    }
+
+    pub fn mount(self) -> Mirror {
         let dir = tempfile::Builder::new()
             .prefix("mirrorfs-test-")
             .tempdir()
             .unwrap();
-        let replicas: Vec<PathBuf> = (0..n).map(|i| dir.path().join(format!("r{i}"))).collect();
+        let replicas: Vec<PathBuf> = (0..self.n)
+            .map(|i| dir.path().join(format!("r{i}")))
+            .collect();
         for r in &replicas {
             std::fs::create_dir(r).unwrap();
         }
@@ -68,14 +90,15 @@ impl Mirror {
             dir,
             replicas,
             mnt,
-            extra_args: args.iter().map(|s| s.to_string()).collect(),
+            extra_args: self.args,
             pid: None,
+            faulty: Vec::new(),
             tmpfs: Vec::new(),
         };
-        for &(i, size) in tmpfs {
+        for (i, size) in &self.tmpfs {
             let out = Command::new("mount")
                 .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(&m.replicas[i])
+                .arg(&m.replicas[*i])
                 .output()
                 .unwrap();
             assert!(
@@ -83,10 +106,47 @@ impl Mirror {
                 "{}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            m.tmpfs.push(m.replicas[i].clone());
+            m.tmpfs.push(m.replicas[*i].clone());
+        }
+        for &i in &self.faulty {
+            let backing = m.dir.path().join(format!("backing{i}"));
+            std::fs::create_dir(&backing).unwrap();
+            let fm = FaultMount::mount(&backing, &m.replicas[i]);
+            m.faulty.push((i, fm));
         }
         m.mount();
         m
+    }
+}
+
+impl Mirror {
+    pub fn new(n: usize) -> Mirror {
+        Mirror::setup(n).mount()
+    }
+
+    /// A mirror mounted with extra `mirrorfs mount` arguments.
+    pub fn with_args(n: usize, args: &[&str]) -> Mirror {
+        Mirror::setup(n).args(args).mount()
+    }
+
+    pub fn setup(n: usize) -> Setup {
+        Setup {
+            n,
+            args: Vec::new(),
+            tmpfs: Vec::new(),
+            faulty: Vec::new(),
+        }
+    }
+
+    /// The fault controls of replica `i` (made with [`Setup::faulty`]).
+    pub fn faults(&self, i: usize) -> &Faults {
+        &self
+            .faulty
+            .iter()
+            .find(|(j, _)| *j == i)
+            .expect("replica is faulty")
+            .1
+            .faults
     }
 
     /// Mounts (again) with the mirror's arguments.
@@ -169,6 +229,7 @@ impl Mirror {
 impl Drop for Mirror {
     fn drop(&mut self) {
         self.stop_daemon();
+        self.faulty.clear();
         for t in self.tmpfs.drain(..) {
             let p = cstr(&t);
             // SAFETY: unmounting a tmpfs this fixture mounted.
