@@ -40,6 +40,27 @@ fn caller(req: &Request) -> Caller {
 
 const GENERATION: Generation = Generation(0);
 
+/// Attributes with inode number 0: what the kernel takes as "no such name".
+fn negative_entry() -> fuser::FileAttr {
+    fuser::FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: fuser::FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
 /// The mirror as the FUSE session sees it; the control channel shares the same mirror.
 pub struct FuseMirror(pub Arc<MirrorFs>);
 
@@ -84,7 +105,14 @@ impl Filesystem for FuseMirror {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.entry(reply, self.0.lookup(parent.0, name));
+        match self.0.lookup(parent.0, name) {
+            // A negative entry: the kernel may remember the name is absent for the TTL;
+            // every create through the mount replaces it.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                reply.entry(&self.0.options.ttl, &negative_entry(), GENERATION)
+            }
+            result => self.entry(reply, result),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {

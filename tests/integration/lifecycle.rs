@@ -126,3 +126,38 @@ fn health_reports_ok_unknown_and_a_dead_daemon() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("MIRRORFS CRITICAL"));
     assert!(started.elapsed() < Duration::from_secs(8));
 }
+
+#[test]
+fn a_read_only_mount_changes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b, mnt) = (t.path().join("a"), t.path().join("b"), t.path().join("mnt"));
+    for d in [&a, &b, &mnt] {
+        fs::create_dir(d).unwrap();
+    }
+    fs::write(a.join("f"), b"a").unwrap();
+    fs::write(b.join("f"), b"a").unwrap();
+    // The colon-separated form, as in fstab.
+    let list = format!("{}:{}", a.display(), b.display());
+    let out = Command::new(BIN)
+        .args(["mount", &list])
+        .arg(&mnt)
+        .args(["-o", "ro", "--log-file"])
+        .arg(t.path().join("log"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(mnt.join("f")).unwrap(), b"a");
+    let e = fs::write(mnt.join("f"), b"b").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    assert_eq!(
+        fs::create_dir(mnt.join("d")).unwrap_err().raw_os_error(),
+        Some(libc::EROFS)
+    );
+    let out = mirrorfs(&[OsStr::new("umount"), mnt.as_os_str()]);
+    assert!(out.status.success());
+    assert!(!a.join(".mirrorfs").exists() && !b.join(".mirrorfs").exists());
+}
