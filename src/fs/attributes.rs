@@ -30,6 +30,17 @@ pub struct AttrChanges {
     pub mtime: Option<TimeOrNow>,
 }
 
+impl AttrChanges {
+    fn is_empty(&self) -> bool {
+        self.mode.is_none()
+            && self.uid.is_none()
+            && self.gid.is_none()
+            && self.size.is_none()
+            && self.atime.is_none()
+            && self.mtime.is_none()
+    }
+}
+
 /// The object a change is made on: an open descriptor, or a name in a directory.
 enum Object<'a> {
     Fd(BorrowedFd<'a>),
@@ -86,6 +97,10 @@ impl Object<'_> {
         }
         if c.atime.is_some() || c.mtime.is_some() {
             self.utimens(atime, mtime)?;
+        }
+        if c.is_empty() {
+            // chown(-1, -1): nothing changes but the ctime, as on a local filesystem.
+            self.chown(None, None)?;
         }
         Ok(())
     }

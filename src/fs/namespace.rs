@@ -10,6 +10,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
+use std::time::SystemTime;
 
 use fuser::{FileAttr, FileType};
 
@@ -19,7 +20,7 @@ use crate::fs::inode::{BackingKey, Ino, ROOT, ReplicaSet};
 use crate::fs::mirror::{MirrorFs, Scope};
 use crate::names;
 use crate::replica::Replica;
-use crate::sys;
+use crate::sys::{self, Time};
 
 /// The user a request comes from, as the kernel reports it.
 #[derive(Clone, Copy, Debug)]
@@ -41,6 +42,9 @@ pub(crate) struct Ownership {
     chown: bool,
     /// Mode to set again after chown, which clears set-user-ID and set-group-ID bits.
     restore_mode: Option<u32>,
+    /// One creation time for every replica, for nodes whose times no later change
+    /// makes equal (symlinks and special files; regular files get theirs on close).
+    times: Option<Time>,
 }
 
 impl Ownership {
@@ -51,6 +55,9 @@ impl Ownership {
         }
         if let Some(mode) = self.restore_mode {
             sys::chmodat(dir, name, mode)?;
+        }
+        if let Some(t) = self.times {
+            sys::utimensat(dir, name, t, t)?;
         }
         Ok(())
     }
@@ -144,12 +151,15 @@ impl MirrorFs {
             && kind != FileType::Symlink
             && perm & (libc::S_ISUID | libc::S_ISGID) != 0)
             .then_some(perm);
+        let times = (kind != FileType::Directory && kind != FileType::RegularFile)
+            .then(|| attr::timespec(SystemTime::now()));
         Ok((
             Ownership {
                 uid: caller.uid,
                 gid,
                 chown,
                 restore_mode,
+                times,
             },
             mode,
         ))

@@ -243,3 +243,46 @@ fn statfs_reports_the_smallest_replica() {
     assert!(through.f_bavail > 0);
     assert_eq!(through.f_namemax, 255);
 }
+
+#[test]
+fn chown_to_the_same_ids_updates_only_the_ctime() {
+    let m = Mirror::new(2);
+    fs::write(m.path("f"), b"x").unwrap();
+    let before = fs::metadata(m.path("f")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let p = cstr(&m.path("f"));
+    // SAFETY: valid path; -1 leaves owner and group alone.
+    assert_eq!(unsafe { libc::chown(p.as_ptr(), u32::MAX, u32::MAX) }, 0);
+    let after = fs::metadata(m.path("f")).unwrap();
+    assert!(
+        (after.ctime(), after.ctime_nsec()) > (before.ctime(), before.ctime_nsec()),
+        "ctime did not move"
+    );
+    assert_eq!(
+        (after.mtime(), after.mtime_nsec()),
+        (before.mtime(), before.mtime_nsec())
+    );
+    assert_eq!(
+        (after.uid(), after.gid(), after.mode()),
+        (before.uid(), before.gid(), before.mode())
+    );
+}
+
+#[test]
+fn symlinks_and_special_files_get_one_creation_time_everywhere() {
+    let m = Mirror::new(3);
+    std::os::unix::fs::symlink("target", m.path("l")).unwrap();
+    let fifo = cstr(&m.path("fifo"));
+    // SAFETY: valid path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    for name in ["l", "fifo"] {
+        let times: Vec<_> = (0..3)
+            .map(|i| {
+                let md = fs::symlink_metadata(m.replica(i, name)).unwrap();
+                (md.mtime(), md.mtime_nsec(), md.atime(), md.atime_nsec())
+            })
+            .collect();
+        assert!(times.iter().all(|t| *t == times[0]), "{name}: {times:?}");
+    }
+    m.assert_in_sync();
+}

@@ -1,6 +1,6 @@
 //! A snapshot of a directory tree, for comparing the mount with each replica: names,
 //! types, contents, mode, owner, group, size, symlink targets, xattrs, which names are
-//! hard links of one file, and the mtime of regular files.
+//! hard links of one file, and the mtime of everything but directories.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -21,7 +21,7 @@ pub struct Node {
     pub xattrs: BTreeMap<OsString, Vec<u8>>,
     /// Other names of the same file, for hard links.
     pub links: Vec<PathBuf>,
-    /// (seconds, nanoseconds) for regular files.
+    /// (seconds, nanoseconds), for everything but directories.
     pub mtime: Option<(i64, i64)>,
 }
 
@@ -115,7 +115,7 @@ pub fn snapshot(root: &Path, replica: bool) -> Snapshot {
                     data,
                     xattrs: xattrs(&path),
                     links: Vec::new(),
-                    mtime: ft.is_file().then(|| (meta.mtime(), meta.mtime_nsec())),
+                    mtime: (!ft.is_dir()).then(|| (meta.mtime(), meta.mtime_nsec())),
                 },
             );
         }
