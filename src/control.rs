@@ -3,7 +3,7 @@
 //! mounted (so only that user and root can connect). One request line, one JSON answer.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,14 +25,45 @@ pub fn socket_path(mount_point: &Path) -> PathBuf {
     Path::new(runtime::RUNTIME_DIR).join(format!("{}.sock", runtime::key(mount_point)))
 }
 
-/// Binds the socket and answers requests on a background thread.
-pub fn serve(fs: Arc<MirrorFs>, mount_point: PathBuf) -> std::io::Result<()> {
-    std::fs::create_dir_all(runtime::RUNTIME_DIR)?;
+/// The bound socket of a running daemon.
+#[derive(Debug)]
+pub struct Socket {
+    path: PathBuf,
+    /// (device, inode) of the socket file this daemon created.
+    id: (u64, u64),
+}
+
+impl Socket {
+    /// Removes the socket file when the daemon stops, unless a later daemon for the same
+    /// mount point has replaced it.
+    pub fn remove(&self) {
+        if let Ok(md) = std::fs::symlink_metadata(&self.path)
+            && (md.dev(), md.ino()) == self.id
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Binds the socket and answers requests on a background thread. Call before any thread
+/// that creates files runs: the socket is created under a private umask.
+pub fn serve(fs: Arc<MirrorFs>, mount_point: PathBuf) -> std::io::Result<Socket> {
+    runtime::private_dir()?;
     let path = socket_path(&mount_point);
     // A socket left by a daemon that was killed: this mount point is ours now.
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
+    // SAFETY: umask cannot fail; no other thread creates files yet.
+    let previous = unsafe { libc::umask(0o077) };
+    let bound = UnixListener::bind(&path);
+    // SAFETY: as above.
+    unsafe { libc::umask(previous) };
+    let listener = bound?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let md = std::fs::symlink_metadata(&path)?;
+    let socket = Socket {
+        path,
+        id: (md.dev(), md.ino()),
+    };
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -47,7 +78,7 @@ pub fn serve(fs: Arc<MirrorFs>, mount_point: PathBuf) -> std::io::Result<()> {
                 }
             }
         })?;
-    Ok(())
+    Ok(socket)
 }
 
 fn answer(fs: &MirrorFs, mount_point: &Path, stream: UnixStream) -> std::io::Result<()> {
@@ -64,11 +95,6 @@ fn answer(fs: &MirrorFs, mount_point: &Path, stream: UnixStream) -> std::io::Res
         }
         other => out.write_all(format!("{{\"error\":\"unknown request {other:?}\"}}\n").as_bytes()),
     }
-}
-
-/// Removes the socket when the daemon stops.
-pub fn remove(mount_point: &Path) {
-    let _ = std::fs::remove_file(socket_path(mount_point));
 }
 
 /// Asks the daemon of `mount_point` for its status, waiting at most [`TIMEOUT`] per step.

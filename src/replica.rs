@@ -10,10 +10,8 @@
 //! lives in the inode table, next to the paths themselves.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,19 +44,17 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// Opens the replica root. The path was validated by the mount command.
-    pub fn open(index: usize, path: &Path) -> io::Result<Replica> {
-        let c = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        let root = sys::open_path(&c, libc::O_PATH | libc::O_DIRECTORY)?;
-        Ok(Replica {
+    /// A replica served from `root`, the descriptor of its root directory that the mount
+    /// command checked (`path` is where it was found, for messages).
+    pub fn new(index: usize, path: &Path, root: OwnedFd) -> Replica {
+        Replica {
             index,
             path: path.to_path_buf(),
             root,
             dirs: Mutex::new(HashMap::new()),
             errors: AtomicU64::new(0),
             last_error: Mutex::new(None),
-        })
+        }
     }
 
     pub fn root(&self) -> BorrowedFd<'_> {

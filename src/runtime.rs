@@ -56,11 +56,41 @@ pub fn default_log_file(mount_point: &Path) -> PathBuf {
     Path::new(LOG_DIR).join(format!("{}.log", key(mount_point)))
 }
 
+/// Creates the runtime directory, or checks that the existing one is a real directory
+/// owned by this user and writable by no one else: records and sockets in it are trusted.
+pub fn private_dir() -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    match std::fs::DirBuilder::new().mode(0o755).create(RUNTIME_DIR) {
+        Ok(()) => std::fs::set_permissions(RUNTIME_DIR, std::fs::Permissions::from_mode(0o755))?,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let md = std::fs::symlink_metadata(RUNTIME_DIR)?;
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if !md.is_dir() || md.uid() != euid || md.mode() & 0o022 != 0 {
+        return Err(io::Error::other(format!(
+            "{RUNTIME_DIR} must be a directory owned by uid {euid} and writable only by it"
+        )));
+    }
+    Ok(())
+}
+
+/// Records the daemon of a mount point (atomically: written aside, then renamed).
 pub fn write(info: &RuntimeInfo) -> io::Result<()> {
-    std::fs::create_dir_all(RUNTIME_DIR)?;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    private_dir()?;
     let path = info_path(&info.mount_point);
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(info)?)?;
+    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    file.write_all(&serde_json::to_vec_pretty(info)?)?;
     std::fs::rename(tmp, path)
 }
 

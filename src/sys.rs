@@ -11,6 +11,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// `stat` as returned by the kernel.
 pub type Stat = libc::stat;
@@ -90,6 +91,21 @@ pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> io::R
     })
 }
 
+/// Opens `dir/name` with `flags` only if it is a regular file, so that a device node or
+/// FIFO planted on a replica is never opened for I/O: the name is first opened `O_PATH`
+/// (not following a symlink), checked, then reopened. A directory gives EISDIR, a symlink
+/// ELOOP, anything else EIO.
+pub fn open_regular(dir: BorrowedFd<'_>, name: &OsStr, flags: i32) -> io::Result<OwnedFd> {
+    let fd = openat(dir, name, libc::O_PATH, 0)?;
+    let errno = match fstat(fd.as_fd())?.st_mode & libc::S_IFMT {
+        libc::S_IFREG => return reopen(fd.as_fd(), flags),
+        libc::S_IFDIR => libc::EISDIR,
+        libc::S_IFLNK => libc::ELOOP,
+        _ => libc::EIO,
+    };
+    Err(io::Error::from_raw_os_error(errno))
+}
+
 /// Opens a path outside any replica (mount points, runtime files) the ordinary way.
 pub fn open_path(path: &CStr, flags: i32) -> io::Result<OwnedFd> {
     retry(|| {
@@ -104,9 +120,11 @@ pub fn open_path(path: &CStr, flags: i32) -> io::Result<OwnedFd> {
 /// points to.
 pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> {
     let path = proc_fd_path(fd);
+    // The magic link itself must be followed.
+    let flags = (flags & !libc::O_NOFOLLOW) | libc::O_CLOEXEC;
     retry(|| {
         // SAFETY: NUL-terminated path.
-        let new = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) };
+        let new = unsafe { libc::open(path.as_ptr(), flags) };
         check(new).map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
     })
 }
@@ -261,24 +279,41 @@ pub fn fchown(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> io::Res
     .map(drop)
 }
 
-/// `fchmodat2(..., AT_SYMLINK_NOFOLLOW)`: never changes the target of a symlink.
+/// Set once the kernel has answered `fchmodat2` with ENOSYS (before Linux 6.6).
+static NO_FCHMODAT2: AtomicBool = AtomicBool::new(false);
+
+/// chmod of `dir/name` that never changes the target of a symlink: `fchmodat2` with
+/// `AT_SYMLINK_NOFOLLOW` where the kernel has it, else chmod through the `/proc/self/fd`
+/// link of an `O_PATH` descriptor (which names the object itself).
 pub fn chmodat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
-    let name = cstr(name)?;
-    // SAFETY: valid fd and NUL-terminated name.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_fchmodat2,
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            mode,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
+    if !NO_FCHMODAT2.load(Ordering::Relaxed) {
+        let cname = cstr(name)?;
+        // SAFETY: valid fd and NUL-terminated name.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_fchmodat2,
+                dir.as_raw_fd(),
+                cname.as_ptr(),
+                mode,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if ret == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOSYS) {
+            return Err(e);
+        }
+        NO_FCHMODAT2.store(true, Ordering::Relaxed);
     }
+    let fd = openat(dir, name, libc::O_PATH, 0)?;
+    if fstat(fd.as_fd())?.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+    }
+    let path = proc_fd_path(fd.as_fd());
+    // SAFETY: NUL-terminated path.
+    check(unsafe { libc::chmod(path.as_ptr(), mode) }).map(drop)
 }
 
 pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
@@ -640,7 +675,70 @@ pub fn strerror(errno: i32) -> String {
     }
 }
 
+/// An `io::Error` for a one-line message: the errno text without Rust's suffix.
+pub fn describe(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(errno) => strerror(errno),
+        None => e.to_string(),
+    }
+}
+
 /// The errno of an `io::Error`, EIO for errors that carry none.
 pub fn errno(e: &io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn chmod_without_fchmodat2_changes_files_but_never_a_symlink_target() {
+        let t = tempfile::tempdir().unwrap();
+        let target = t.path().join("target");
+        std::fs::write(&target, b"x").unwrap();
+        std::fs::write(t.path().join("f"), b"x").unwrap();
+        std::os::unix::fs::symlink(&target, t.path().join("l")).unwrap();
+        let dir = open_path(
+            &CString::new(t.path().as_os_str().as_bytes()).unwrap(),
+            libc::O_PATH,
+        )
+        .unwrap();
+        // Take the path older kernels take.
+        NO_FCHMODAT2.store(true, Ordering::Relaxed);
+        chmodat(dir.as_fd(), OsStr::new("f"), 0o600).unwrap();
+        let e = chmodat(dir.as_fd(), OsStr::new("l"), 0o600).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP));
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&t.path().join("f")), 0o600);
+        assert_eq!(mode(&target), 0o644);
+    }
+
+    #[test]
+    fn open_regular_refuses_what_is_not_a_regular_file() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        std::fs::create_dir(root.join("d")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("l")).unwrap();
+        let fifo = CString::new(root.join("p").as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        std::fs::write(root.join("f"), b"x").unwrap();
+        let dir = open_path(
+            &CString::new(root.as_os_str().as_bytes()).unwrap(),
+            libc::O_PATH,
+        )
+        .unwrap();
+        let errno = |name: &str| {
+            open_regular(dir.as_fd(), OsStr::new(name), libc::O_WRONLY)
+                .err()
+                .and_then(|e| e.raw_os_error())
+        };
+        assert_eq!(errno("d"), Some(libc::EISDIR));
+        assert_eq!(errno("l"), Some(libc::ELOOP));
+        // A FIFO without a reader would block an ordinary open for writing.
+        assert_eq!(errno("p"), Some(libc::EIO));
+        assert_eq!(errno("f"), None);
+    }
 }

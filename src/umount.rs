@@ -12,7 +12,8 @@ use crate::{mountinfo, runtime, sys};
 
 /// The mount point as an absolute path, without touching it (it may be a dead mount).
 fn absolute(path: &Path) -> Result<PathBuf, CliError> {
-    let abs = std::path::absolute(path).map_err(|e| cli_error!("{}: {e}", path.display()))?;
+    let abs = std::path::absolute(path)
+        .map_err(|e| cli_error!("{}: {}", path.display(), crate::sys::describe(&e)))?;
     // Resolve symlinks in the parent only: the mount point itself may not answer.
     match (abs.parent(), abs.file_name()) {
         (Some(parent), Some(name)) => Ok(std::fs::canonicalize(parent)
@@ -30,7 +31,7 @@ fn alive(pid: u32) -> bool {
 pub fn run(args: UmountArgs) -> Result<(), CliError> {
     let mount_point = absolute(&args.mount_point)?;
     let mount = mountinfo::mounted_at(&mount_point)
-        .map_err(|e| cli_error!("cannot read the mount table: {e}"))?
+        .map_err(|e| cli_error!("cannot read the mount table: {}", crate::sys::describe(&e)))?
         .ok_or_else(|| cli_error!("{} is not mounted", mount_point.display()))?;
     if mount.fs_type != mountinfo::FS_TYPE {
         return Err(cli_error!(
@@ -47,7 +48,11 @@ pub fn run(args: UmountArgs) -> Result<(), CliError> {
             "{} is busy: files are open on it (close them, or use umount -l)",
             mount_point.display()
         ),
-        _ => cli_error!("cannot unmount {}: {e}", mount_point.display()),
+        _ => cli_error!(
+            "cannot unmount {}: {}",
+            mount_point.display(),
+            crate::sys::describe(&e)
+        ),
     })?;
     if let Some(pid) = daemon {
         let deadline = Instant::now() + Duration::from_secs(args.timeout);

@@ -66,12 +66,7 @@ impl Object<'_> {
         match *self {
             Object::Fd(fd) => sys::ftruncate(fd, size),
             Object::At(dir, name) => {
-                let fd = sys::openat(
-                    dir,
-                    name,
-                    libc::O_WRONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
-                    0,
-                )?;
+                let fd = sys::open_regular(dir, name, libc::O_WRONLY | libc::O_NOCTTY)?;
                 sys::ftruncate(fd.as_fd(), size)
             }
         }
@@ -130,6 +125,10 @@ impl MirrorFs {
         let (atime, mtime) = (time(changes.atime), time(changes.mtime));
         let targets = self.fresh(ino);
         let _order = self.order(&[ino]);
+        if let (Some(h), Some(_), None) = (&handle, changes.size, changes.mtime) {
+            // ftruncate: each replica stamps its own mtime; closing the handle makes them one.
+            h.wrote.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let fanned = fanout::apply(&self.replicas, targets, |r| {
             self.with_object(r, ino, handle.as_deref(), |obj| {
                 obj.apply(&changes, atime, mtime)?;

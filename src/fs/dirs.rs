@@ -36,10 +36,21 @@ impl MirrorFs {
         if self.table().kind(ino) != Some(FileType::Directory) {
             return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
         }
+        let fresh = self.fresh(ino);
+        let fds = self
+            .replicas
+            .iter()
+            .map(|r| {
+                (fresh & (1 << r.index) != 0)
+                    .then(|| self.dir_fd(r, ino).ok())
+                    .flatten()
+            })
+            .collect();
         self.table().open(ino);
         Ok(self.dirs.insert(OpenDir {
             ino,
             snapshot: Default::default(),
+            fds,
         }))
     }
 

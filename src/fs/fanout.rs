@@ -38,6 +38,14 @@ impl<T> Fanned<T> {
         r
     }
 
+    /// The replicas that succeeded, as a set.
+    pub fn succeeded(&self) -> ReplicaSet {
+        self.results
+            .iter()
+            .filter(|(_, r)| r.is_ok())
+            .fold(0, |set, (i, _)| set | (1 << i))
+    }
+
     /// Every successful replica's value, in preference order.
     pub fn successes(self) -> Vec<(usize, T)> {
         self.results

@@ -27,8 +27,7 @@ use crate::sys;
 
 /// Flags for opening a backing file for a FUSE open with `flags`, and whether the handle
 /// may write. The kernel already applied `O_APPEND` to the offsets it sends and handles
-/// `O_DIRECT` itself; the backing file is opened non-blocking so that a FIFO planted on a
-/// replica cannot hang the daemon.
+/// `O_DIRECT` itself.
 fn backing_flags(flags: i32) -> (bool, i32) {
     let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
     let keep = flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME);
@@ -37,11 +36,7 @@ fn backing_flags(flags: i32) -> (bool, i32) {
     } else {
         libc::O_RDONLY
     };
-    (writable, access | keep | libc::O_NONBLOCK | libc::O_NOCTTY)
-}
-
-fn not_regular() -> io::Error {
-    io::Error::from_raw_os_error(libc::EIO)
+    (writable, access | keep | libc::O_NOCTTY)
 }
 
 fn ebadf() -> io::Error {
@@ -85,19 +80,15 @@ fn emulate_fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> io
 }
 
 impl MirrorFs {
-    /// Opens inode `ino` on replica `r` with backing `flags`, checking that it is a
-    /// regular file there.
+    /// Opens inode `ino` on replica `r` with backing `flags`, if it is a regular file
+    /// there.
     fn open_backing(&self, r: &Replica, ino: Ino, flags: i32) -> io::Result<OwnedFd> {
         let unlinked = self.table().location(ino).is_none();
-        let fd = match self.any_handle(r, ino).filter(|_| unlinked) {
+        match self.any_handle(r, ino).filter(|_| unlinked) {
             // Unlinked but open: reopen another handle's descriptor.
-            Some(h) => sys::reopen(h.fd(r.index).expect("any_handle has one"), flags)?,
-            None => self.with_name(r, ino, |dir, name| sys::openat(dir, name, flags, 0))?,
-        };
-        if sys::fstat(fd.as_fd())?.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return Err(not_regular());
+            Some(h) => sys::reopen(h.fd(r.index).expect("any_handle has one"), flags),
+            None => self.with_name(r, ino, |dir, name| sys::open_regular(dir, name, flags)),
         }
-        Ok(fd)
     }
 
     /// The descriptor of `h` on `r`, opening it first if the handle has none there yet.
@@ -163,7 +154,7 @@ impl MirrorFs {
                 bflags | libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
                 mode & 0o7777,
             )?;
-            owner.apply_fd(fd.as_fd())?;
+            owner.apply_fd(fd.as_fd(), dir, name)?;
             Ok(fd)
         });
         match created {
@@ -177,17 +168,8 @@ impl MirrorFs {
                 }
                 Ok((attr, self.register_handle(handle)))
             }
-            // Without O_EXCL, a file that exists on every replica is simply opened.
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
-                let attr = self.lookup(parent, name)?;
-                match self.open(attr.ino.0, flags & !libc::O_CREAT) {
-                    Ok(fh) => Ok((attr, fh)),
-                    Err(e) => {
-                        self.forget(attr.ino.0, 1);
-                        Err(e)
-                    }
-                }
-            }
+            // The kernel asks to create only names it believes absent; one that exists on
+            // every replica was made behind the mirror's back and is not opened unchecked.
             Err(e) => Err(e),
         }
     }
@@ -365,13 +347,21 @@ impl MirrorFs {
             return Err(ebadf());
         }
         let len = len.min(u32::MAX as u64 & !0xfff);
-        let _order = self.order(&[dst.ino]);
-        let current = dst.open_set() & self.fresh(dst.ino);
-        let targets = current & self.fresh(src.ino);
+        // The source is locked too, so that no write to it lands between two replicas'
+        // copies.
+        let _order = self.order(&[src.ino, dst.ino]);
+        let targets = dst.open_set() & self.fresh(dst.ino);
+        let src_fresh = self.fresh(src.ino);
+        let source = self.members(src_fresh).next();
         let fanned = fanout::apply(&self.replicas, targets, |r| {
-            let from = self.handle_fd(&src, r)?;
             let to = dst.fd(r.index).expect("open_set has a descriptor");
-            sys::copy_range(from, offset_in, to, offset_out, len)
+            if src_fresh & (1 << r.index) != 0 {
+                sys::copy_range(self.handle_fd(&src, r)?, offset_in, to, offset_out, len)
+            } else {
+                // This replica's copy of the source is out of date: copy a current one.
+                let from = source.ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+                copy_through(self.handle_fd(&src, from)?, offset_in, to, offset_out, len)
+            }
         });
         dst.wrote.store(true, Ordering::Relaxed);
         // Every replica must have copied as much as the one whose answer stands.
@@ -391,13 +381,32 @@ impl MirrorFs {
                 }
             }
         }
-        // Replicas where the source is out of date cannot copy it locally.
-        for r in self.members(current & !targets) {
-            diverged.push((r.index, 0));
-        }
         self.diverged("copy_file_range", &diverged, &[Scope::Data(dst.ino)]);
         fanned.value().map(|n| n as u32)
     }
+}
+
+/// Copies up to `len` bytes from one descriptor to another through a buffer, for files on
+/// different replicas; returns the count copied (less only at the end of the source).
+fn copy_through(
+    from: BorrowedFd<'_>,
+    from_off: u64,
+    to: BorrowedFd<'_>,
+    to_off: u64,
+    len: u64,
+) -> io::Result<u64> {
+    let mut buf = vec![0u8; len.min(1 << 20) as usize];
+    let mut done = 0u64;
+    while done < len {
+        let want = (len - done).min(buf.len() as u64) as usize;
+        let n = sys::pread_full(from, &mut buf[..want], from_off + done)?;
+        if n == 0 {
+            break;
+        }
+        sys::pwrite_all(to, &buf[..n], to_off + done).map_err(|(_, e)| e)?;
+        done += n as u64;
+    }
+    Ok(done)
 }
 
 /// Judges per-replica write results (`Err` carries the bytes written before the error).

@@ -131,4 +131,7 @@ pub struct OpenDir {
     pub ino: Ino,
     /// The listing served to readdir, taken at the first read from offset 0.
     pub snapshot: Mutex<Option<Arc<Vec<Entry>>>>,
+    /// The directory's descriptor on each replica where it was current when opened: an
+    /// open directory stays reachable after it is removed, as on a local filesystem.
+    pub fds: Vec<Option<Arc<OwnedFd>>>,
 }

@@ -3,18 +3,18 @@
 //! mirrorfs hands the kernel its own inode numbers. Each node records the names it is
 //! known by (parent inode + name), so any replica can be addressed by walking names from
 //! its root; no node holds a replica's file descriptor or depends on one replica's inode
-//! numbers. Files with several hard links are also indexed by the backing identity
-//! (replica, device, inode) they were first seen with, so that every name of one file maps
-//! to one inode number.
+//! numbers. Files with several hard links are also indexed by their backing identities
+//! (replica, device, inode) on every replica they were seen on, so that every name of one
+//! file maps to one inode number.
 //!
 //! The table also carries, per node, which replicas are out of sync for it: `stale_data`
 //! (the node's own contents or attributes are missing or outdated there) and
-//! `stale_entries` (a directory's listing differs there). A node with marks stays in the
-//! table, with its ancestors, until the marks are cleared, so the path to repair is never
-//! lost.
+//! `stale_entries` (a directory's listing differs there). A named node with marks stays in
+//! the table, with its ancestors, until the marks are cleared, so the path to repair is
+//! never lost.
 //!
 //! A node lives while the kernel holds lookups on it, while it has children in the table,
-//! while a file or directory handle is open on it, or while it carries marks.
+//! while a file or directory handle is open on it, or while it has a name and marks.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -32,7 +32,7 @@ pub type Name = Arc<OsStr>;
 /// A bit set of replica indexes.
 pub type ReplicaSet = u32;
 
-/// Where a hard-linked file was first seen: replica index, device, inode.
+/// Where a hard-linked file lives on one replica: replica index, device, inode.
 pub type BackingKey = (usize, u64, u64);
 
 #[derive(Clone, Debug)]
@@ -49,7 +49,7 @@ struct Node {
     /// The first known name, then any further hard links.
     link: Option<Link>,
     extra_links: Vec<Link>,
-    key: Option<BackingKey>,
+    keys: Option<Box<[BackingKey]>>,
     /// Boxed so that the many nodes without children stay small.
     #[allow(clippy::box_collection)]
     children: Option<Box<HashMap<Name, Ino>>>,
@@ -65,7 +65,7 @@ impl Node {
             open: 0,
             link: None,
             extra_links: Vec::new(),
-            key: None,
+            keys: None,
             children: None,
             stale_data: 0,
             stale_entries: 0,
@@ -78,6 +78,18 @@ impl Node {
 
     fn child_count(&self) -> usize {
         self.children.as_ref().map_or(0, |c| c.len())
+    }
+
+    fn is_marked(&self) -> bool {
+        self.stale_data != 0 || self.stale_entries != 0
+    }
+
+    /// Whether anything still needs the node.
+    fn pinned(&self) -> bool {
+        self.nlookup > 0
+            || self.open > 0
+            || self.child_count() > 0
+            || (self.has_links() && self.is_marked())
     }
 
     fn remove_link(&mut self, parent: Ino, name: &OsStr) {
@@ -216,35 +228,27 @@ impl InodeTable {
         }
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.remove_link(parent, name);
-            if !node.has_links() {
-                // Nothing names it any more: a new file may reuse its backing identity,
-                // and its marks no longer describe anything a replica could differ in.
-                if let Some(key) = node.key.take() {
-                    self.by_key.remove(&key);
-                }
-                if node.stale_data != 0 || node.stale_entries != 0 {
-                    node.stale_data = 0;
-                    node.stale_entries = 0;
-                    self.marked -= 1;
-                }
-            }
         }
+        self.drop_stale_keys(ino);
         Some(ino)
     }
 
-    /// Records one kernel lookup of `parent/name`, which a replica reports as `kind`
-    /// (with `key` for a file that has more than one hard link). Returns the inode number.
+    /// Records one kernel lookup of `parent/name`, which the replicas report as `kind`.
+    /// `keys` are its backing identities; with `multi_link` (a file with several hard
+    /// links) they index the node, and in any case a node they already index is reused.
+    /// Returns the inode number.
     pub fn lookup(
         &mut self,
         parent: Ino,
         name: &OsStr,
         kind: FileType,
-        key: Option<BackingKey>,
+        keys: &[BackingKey],
+        multi_link: bool,
     ) -> Ino {
         if let Some(ino) = self.child(parent, name) {
             if self.nodes[&ino].kind == kind {
-                if let Some(key) = key {
-                    self.set_key(ino, key);
+                if multi_link {
+                    self.add_keys(ino, keys);
                 }
                 self.nodes.get_mut(&ino).expect("child exists").nlookup += 1;
                 return ino;
@@ -253,37 +257,38 @@ impl InodeTable {
             self.detach(parent, name);
             self.collect(ino);
         }
-        let known = key.and_then(|k| self.by_key.get(&k).copied());
-        let ino = match known {
-            Some(ino) if self.nodes[&ino].kind == kind => ino,
-            _ => {
-                let ino = self.alloc(kind);
-                if let Some(key) = key {
-                    self.set_key(ino, key);
-                }
-                ino
-            }
-        };
+        let known = keys
+            .iter()
+            .find_map(|k| self.by_key.get(k).copied())
+            .filter(|ino| self.nodes[ino].kind == kind);
+        let ino = known.unwrap_or_else(|| self.alloc(kind));
+        if multi_link {
+            self.add_keys(ino, keys);
+        }
         self.attach(ino, parent, Arc::from(name));
         self.nodes.get_mut(&ino).expect("just attached").nlookup += 1;
         ino
     }
 
-    fn set_key(&mut self, ino: Ino, key: BackingKey) {
+    fn add_keys(&mut self, ino: Ino, keys: &[BackingKey]) {
         let node = self.nodes.get_mut(&ino).expect("node exists");
-        if node.key.is_none() {
-            node.key = Some(key);
-            self.by_key.insert(key, ino);
+        let mut all: Vec<BackingKey> = node.keys.take().map(Vec::from).unwrap_or_default();
+        for k in keys {
+            if !all.contains(k) {
+                all.push(*k);
+                self.by_key.insert(*k, ino);
+            }
         }
+        node.keys = Some(all.into_boxed_slice());
     }
 
     /// Records a new hard link `parent/name` to `ino` made through the mount, and the
     /// kernel lookup that the reply carries.
-    pub fn link(&mut self, ino: Ino, parent: Ino, name: &OsStr, key: BackingKey) {
+    pub fn link(&mut self, ino: Ino, parent: Ino, name: &OsStr, keys: &[BackingKey]) {
         if let Some(old) = self.detach(parent, name) {
             self.collect(old);
         }
-        self.set_key(ino, key);
+        self.add_keys(ino, keys);
         self.attach(ino, parent, Arc::from(name));
         self.nodes
             .get_mut(&ino)
@@ -344,7 +349,24 @@ impl InodeTable {
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.open = node.open.saturating_sub(1);
         }
+        self.drop_stale_keys(ino);
         self.collect(ino)
+    }
+
+    /// A node with no name and no open handle may name a backing file that no longer
+    /// exists, whose identity a new file can get: it must not be found by identity.
+    fn drop_stale_keys(&mut self, ino: Ino) {
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        if node.has_links() || node.open > 0 {
+            return;
+        }
+        for key in node.keys.take().iter().flatten() {
+            if self.by_key.get(key) == Some(&ino) {
+                self.by_key.remove(key);
+            }
+        }
     }
 
     /// Removes `ino` if nothing references it, then its parents in turn. Returns the
@@ -356,18 +378,17 @@ impl InodeTable {
             let Some(node) = self.nodes.get(&ino) else {
                 continue;
             };
-            if ino == ROOT
-                || node.nlookup > 0
-                || node.open > 0
-                || node.child_count() > 0
-                || node.stale_data != 0
-                || node.stale_entries != 0
-            {
+            if ino == ROOT || node.pinned() {
                 continue;
             }
             let node = self.nodes.remove(&ino).expect("checked above");
-            if let Some(key) = node.key {
-                self.by_key.remove(&key);
+            if node.is_marked() {
+                self.marked -= 1;
+            }
+            for key in node.keys.iter().flatten() {
+                if self.by_key.get(key) == Some(&ino) {
+                    self.by_key.remove(key);
+                }
             }
             for link in node.link.iter().chain(node.extra_links.iter()) {
                 if let Some(p) = self.nodes.get_mut(&link.parent) {
@@ -429,7 +450,7 @@ impl InodeTable {
         let Some(node) = self.nodes.get_mut(&ino) else {
             return false;
         };
-        let was_marked = node.stale_data != 0 || node.stale_entries != 0;
+        let was_marked = node.is_marked();
         let bit = 1 << replica;
         let field = if entries {
             &mut node.stale_entries
@@ -452,7 +473,7 @@ impl InodeTable {
         let mut out: Vec<_> = self
             .nodes
             .iter()
-            .filter(|(_, n)| n.stale_data != 0 || n.stale_entries != 0)
+            .filter(|(_, n)| n.is_marked())
             .map(|(&ino, n)| (ino, n.stale_data, n.stale_entries))
             .collect();
         out.sort_unstable();
@@ -471,9 +492,12 @@ mod tests {
     #[test]
     fn lookups_of_one_name_share_an_inode_and_forget_removes_it() {
         let mut t = InodeTable::new();
-        let a = t.lookup(ROOT, name("a"), FileType::Directory, None);
-        assert_eq!(t.lookup(ROOT, name("a"), FileType::Directory, None), a);
-        let f = t.lookup(a, name("f"), FileType::RegularFile, None);
+        let a = t.lookup(ROOT, name("a"), FileType::Directory, &[], false);
+        assert_eq!(
+            t.lookup(ROOT, name("a"), FileType::Directory, &[], false),
+            a
+        );
+        let f = t.lookup(a, name("f"), FileType::RegularFile, &[], false);
         assert_eq!(t.relative_path(f).unwrap(), PathBuf::from("a/f"));
         // The directory stays while its child is known, even after its own forget.
         assert!(t.forget(a, 2).is_empty());
@@ -484,23 +508,33 @@ mod tests {
     #[test]
     fn hard_links_map_to_one_inode_by_backing_key() {
         let mut t = InodeTable::new();
-        let key = (0, 7, 42);
-        let x = t.lookup(ROOT, name("x"), FileType::RegularFile, Some(key));
-        let y = t.lookup(ROOT, name("y"), FileType::RegularFile, Some(key));
+        let (k0, k1) = ((0, 7, 42), (1, 9, 77));
+        let x = t.lookup(ROOT, name("x"), FileType::RegularFile, &[k0, k1], true);
+        // Seen through another replica, the same file is still the same inode.
+        let y = t.lookup(ROOT, name("y"), FileType::RegularFile, &[k1], true);
         assert_eq!(x, y);
         t.unlink(ROOT, name("x"));
         assert_eq!(t.location(x).unwrap().1.as_ref(), name("y"));
-        // Once the last name is gone a new file may reuse the backing identity.
+        // An open file whose last known name goes is still found by identity through a
+        // name the kernel had not looked up (one link left on disk).
+        t.open(x);
         t.unlink(ROOT, name("y"));
-        let z = t.lookup(ROOT, name("z"), FileType::RegularFile, Some(key));
+        let w = t.lookup(ROOT, name("w"), FileType::RegularFile, &[k0], false);
+        assert_eq!(w, x);
+        // Once the node is gone, a new file may reuse the backing identity.
+        t.unlink(ROOT, name("w"));
+        t.close(x);
+        t.forget(x, 3);
+        assert!(!t.contains(x));
+        let z = t.lookup(ROOT, name("z"), FileType::RegularFile, &[k0], false);
         assert_ne!(z, x);
     }
 
     #[test]
     fn a_changed_type_under_a_name_gets_a_new_inode() {
         let mut t = InodeTable::new();
-        let a = t.lookup(ROOT, name("a"), FileType::RegularFile, None);
-        let b = t.lookup(ROOT, name("a"), FileType::Directory, None);
+        let a = t.lookup(ROOT, name("a"), FileType::RegularFile, &[], false);
+        let b = t.lookup(ROOT, name("a"), FileType::Directory, &[], false);
         assert_ne!(a, b);
         assert_eq!(t.child(ROOT, name("a")), Some(b));
     }
@@ -508,9 +542,9 @@ mod tests {
     #[test]
     fn rename_moves_and_exchange_swaps() {
         let mut t = InodeTable::new();
-        let d = t.lookup(ROOT, name("d"), FileType::Directory, None);
-        let a = t.lookup(ROOT, name("a"), FileType::RegularFile, None);
-        let b = t.lookup(d, name("b"), FileType::RegularFile, None);
+        let d = t.lookup(ROOT, name("d"), FileType::Directory, &[], false);
+        let a = t.lookup(ROOT, name("a"), FileType::RegularFile, &[], false);
+        let b = t.lookup(d, name("b"), FileType::RegularFile, &[], false);
         t.rename(ROOT, name("a"), d, name("c"), false);
         assert_eq!(t.relative_path(a).unwrap(), PathBuf::from("d/c"));
         t.rename(d, name("c"), d, name("b"), true);
@@ -525,8 +559,8 @@ mod tests {
     #[test]
     fn marks_cover_descendants_and_pin_the_path() {
         let mut t = InodeTable::new();
-        let d = t.lookup(ROOT, name("d"), FileType::Directory, None);
-        let f = t.lookup(d, name("f"), FileType::RegularFile, None);
+        let d = t.lookup(ROOT, name("d"), FileType::Directory, &[], false);
+        let f = t.lookup(d, name("f"), FileType::RegularFile, &[], false);
         assert_eq!(t.fresh(f, 0b111), 0b111);
         assert!(t.mark_data(d, 1));
         assert!(!t.mark_data(d, 1));
@@ -539,5 +573,26 @@ mod tests {
         t.forget(d, 1);
         assert!(t.contains(d));
         assert_eq!(t.marks().len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod mark_tests {
+    use super::*;
+
+    #[test]
+    fn marks_on_an_open_unlinked_file_last_until_it_is_closed() {
+        let mut t = InodeTable::new();
+        let f = t.lookup(ROOT, OsStr::new("f"), FileType::RegularFile, &[], false);
+        t.open(f);
+        t.mark_data(f, 1);
+        t.unlink(ROOT, OsStr::new("f"));
+        // Still open: the stale replica must not serve it.
+        assert_eq!(t.fresh(f, 0b11), 0b01);
+        t.forget(f, 1);
+        assert!(t.contains(f));
+        t.close(f);
+        assert!(!t.contains(f));
+        assert!(t.marks().is_empty());
     }
 }

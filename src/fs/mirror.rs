@@ -161,11 +161,16 @@ impl MirrorFs {
             return Ok(fd);
         }
         let _resolving = self.namespace.read().expect("namespace lock");
-        let path = self
-            .table()
-            .relative_path(ino)
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
-        r.open_dir(ino, &path)
+        let path = self.table().relative_path(ino);
+        match path {
+            Some(path) => r.open_dir(ino, &path),
+            // Removed, but still open: the handle kept its descriptor.
+            None => self
+                .dirs
+                .find(|d| d.ino == ino && d.fds[r.index].is_some())
+                .and_then(|d| d.fds[r.index].clone())
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT)),
+        }
     }
 
     /// Runs `f` with the descriptor of the parent directory of `ino` on `r` and its name,

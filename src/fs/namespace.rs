@@ -42,14 +42,20 @@ pub(crate) struct Ownership {
     chown: bool,
     /// Mode to set again after chown, which clears set-user-ID and set-group-ID bits.
     restore_mode: Option<u32>,
-    /// One creation time for every replica, for nodes whose times no later change
-    /// makes equal (symlinks and special files; regular files get theirs on close).
+    /// One creation time for every replica (see [`Ownership::with_creation_time`]).
     times: Option<Time>,
 }
 
 impl Ownership {
-    /// Applies the ownership to `dir/name` on one replica.
-    pub(crate) fn apply(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    /// Applies the ownership to the node just created at `dir/name` on one replica; if that
+    /// fails, the node is removed again rather than left behind owned by the daemon.
+    pub(crate) fn apply(&self, dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> io::Result<()> {
+        self.apply_at(dir, name).inspect_err(|_| {
+            let _ = sys::unlinkat(dir, name, is_dir);
+        })
+    }
+
+    fn apply_at(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
         if self.chown {
             sys::chownat(dir, name, Some(self.uid), Some(self.gid))?;
         }
@@ -62,22 +68,35 @@ impl Ownership {
         Ok(())
     }
 
-    /// Applies the ownership to an open descriptor of the new file.
-    pub(crate) fn apply_fd(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
-        if self.chown {
-            sys::fchown(fd, Some(self.uid), Some(self.gid))?;
-        }
-        if let Some(mode) = self.restore_mode {
-            sys::fchmod(fd, mode)?;
-        }
-        Ok(())
+    /// Applies the ownership to an open descriptor of the file just created at
+    /// `dir/name`, removing the file if that fails.
+    pub(crate) fn apply_fd(
+        &self,
+        fd: BorrowedFd<'_>,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> io::Result<()> {
+        let applied = (|| {
+            if self.chown {
+                sys::fchown(fd, Some(self.uid), Some(self.gid))?;
+            }
+            if let Some(mode) = self.restore_mode {
+                sys::fchmod(fd, mode)?;
+            }
+            Ok(())
+        })();
+        applied.inspect_err(|_| {
+            let _ = sys::unlinkat(dir, name, false);
+        })
     }
-}
 
-/// A backing identity to index a file by, when it has several hard links.
-pub(crate) fn backing_key(replica: usize, st: &sys::Stat) -> Option<BackingKey> {
-    let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-    (!is_dir && st.st_nlink > 1).then_some((replica, st.st_dev, st.st_ino))
+    /// Gives the new node one creation time on every replica, for nodes whose times no
+    /// later change makes equal (symlinks and anything mknod makes; files made by create
+    /// get theirs when closed).
+    pub(crate) fn with_creation_time(mut self) -> Ownership {
+        self.times = Some(attr::timespec(SystemTime::now()));
+        self
+    }
 }
 
 fn has_default_acl(dir: BorrowedFd<'_>) -> bool {
@@ -104,13 +123,41 @@ impl MirrorFs {
             let dir = self.dir_fd(r, parent)?;
             Ok((r.index, sys::statat(dir.as_fd(), name)?))
         })?;
-        let ino = self.table().lookup(
-            parent,
-            name,
-            attr::kind(st.st_mode),
-            backing_key(index, &st),
-        );
+        let (keys, multi) = self.identities(set, parent, name, index, &st);
+        let ino = self
+            .table()
+            .lookup(parent, name, attr::kind(st.st_mode), &keys, multi);
         Ok(attr::file_attr(ino, &st))
+    }
+
+    /// The backing identities of `parent/name`, first seen on replica `first` as `st`, and
+    /// whether it is a file with several hard links. Such a file is also looked up on the
+    /// other replicas of `set`, so that a name reached through any of them finds the same
+    /// inode.
+    pub(crate) fn identities(
+        &self,
+        set: ReplicaSet,
+        parent: Ino,
+        name: &OsStr,
+        first: usize,
+        st: &sys::Stat,
+    ) -> (Vec<BackingKey>, bool) {
+        let kind = st.st_mode & libc::S_IFMT;
+        let multi = kind != libc::S_IFDIR && st.st_nlink > 1;
+        let mut keys = vec![(first, st.st_dev, st.st_ino)];
+        if multi {
+            for r in self.members(set).filter(|r| r.index != first) {
+                let other = self
+                    .dir_fd(r, parent)
+                    .and_then(|dir| sys::statat(dir.as_fd(), name));
+                if let Ok(o) = other
+                    && o.st_mode & libc::S_IFMT == kind
+                {
+                    keys.push((r.index, o.st_dev, o.st_ino));
+                }
+            }
+        }
+        (keys, multi)
     }
 
     pub fn forget(&self, ino: Ino, n: u64) {
@@ -151,15 +198,13 @@ impl MirrorFs {
             && kind != FileType::Symlink
             && perm & (libc::S_ISUID | libc::S_ISGID) != 0)
             .then_some(perm);
-        let times = (kind != FileType::Directory && kind != FileType::RegularFile)
-            .then(|| attr::timespec(SystemTime::now()));
         Ok((
             Ownership {
                 uid: caller.uid,
                 gid,
                 chown,
                 restore_mode,
-                times,
+                times: None,
             },
             mode,
         ))
@@ -193,12 +238,10 @@ impl MirrorFs {
         let r = &self.replicas[winner];
         let dir = self.dir_fd(r, parent)?;
         let st = sys::statat(dir.as_fd(), name)?;
-        let ino = self.table().lookup(
-            parent,
-            name,
-            attr::kind(st.st_mode),
-            backing_key(winner, &st),
-        );
+        let (keys, multi) = self.identities(fanned.succeeded(), parent, name, winner, &st);
+        let ino = self
+            .table()
+            .lookup(parent, name, attr::kind(st.st_mode), &keys, multi);
         self.diverged(
             op,
             &fanned.diverged,
@@ -218,7 +261,7 @@ impl MirrorFs {
         let (owner, mode) = self.plan_creation(parent, caller, mode, umask, FileType::Directory)?;
         let (attr, _) = self.create_node("mkdir", parent, name, |_, dir| {
             sys::mkdirat(dir, name, mode & 0o7777)?;
-            owner.apply(dir, name)
+            owner.apply(dir, name, true)
         })?;
         Ok(attr)
     }
@@ -234,9 +277,10 @@ impl MirrorFs {
     ) -> io::Result<FileAttr> {
         let kind = attr::kind(mode);
         let (owner, mode) = self.plan_creation(parent, caller, mode, umask, kind)?;
+        let owner = owner.with_creation_time();
         let (attr, _) = self.create_node("mknod", parent, name, |_, dir| {
             sys::mknodat(dir, name, mode, rdev as u64)?;
-            owner.apply(dir, name)
+            owner.apply(dir, name, false)
         })?;
         Ok(attr)
     }
@@ -249,9 +293,10 @@ impl MirrorFs {
         target: &Path,
     ) -> io::Result<FileAttr> {
         let (owner, _) = self.plan_creation(parent, caller, 0o777, 0, FileType::Symlink)?;
+        let owner = owner.with_creation_time();
         let (attr, _) = self.create_node("symlink", parent, name, |_, dir| {
             sys::symlinkat(target.as_os_str(), dir, name)?;
-            owner.apply(dir, name)
+            owner.apply(dir, name, false)
         })?;
         Ok(attr)
     }
@@ -273,14 +318,15 @@ impl MirrorFs {
             })
         });
         let scopes = [Scope::Entries(new_parent), Scope::Data(ino)];
-        self.skipped("link", candidates & !targets, &scopes);
         self.diverged("link", &fanned.diverged, &scopes);
+        let succeeded = fanned.succeeded();
         let winner = fanned.verdict?;
+        self.skipped("link", candidates & !targets, &scopes);
         let r = &self.replicas[winner];
         let dir = self.dir_fd(r, new_parent)?;
         let st = sys::statat(dir.as_fd(), new_name)?;
-        self.table()
-            .link(ino, new_parent, new_name, (winner, st.st_dev, st.st_ino));
+        let (keys, _) = self.identities(succeeded, new_parent, new_name, winner, &st);
+        self.table().link(ino, new_parent, new_name, &keys);
         Ok(attr::file_attr(ino, &st))
     }
 
@@ -326,10 +372,9 @@ impl MirrorFs {
         );
         self.diverged(op, &fanned.diverged, &[Scope::Entries(parent)]);
         fanned.verdict?;
-        let mut gone = self.table().unlink(parent, name);
-        if dir_entry {
-            gone.extend(victim);
-        }
+        // A removed directory keeps its cached descriptor while the kernel still holds
+        // it (an open handle or a working directory can still stat and list it).
+        let gone = self.table().unlink(parent, name);
         self.dropped(&gone);
         Ok(())
     }
@@ -397,7 +442,9 @@ impl MirrorFs {
                 .rename(parent, name, new_parent, new_name, exchange);
             self.dropped(&gone);
         }
-        self.skipped("rename", candidates & !targets, &scopes);
+        if fanned.verdict.is_ok() {
+            self.skipped("rename", candidates & !targets, &scopes);
+        }
         self.diverged("rename", &fanned.diverged, &scopes);
         fanned.verdict.map(drop)
     }

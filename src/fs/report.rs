@@ -62,14 +62,17 @@ impl MirrorFs {
                 }
             })
             .collect();
-        let everyone = self.all();
-        let unavailable = marks
-            .iter()
-            .zip(&paths)
-            .filter(|((_, data, _), _)| data & everyone == everyone)
-            .map(|(_, path)| path.clone())
-            .take(OUT_OF_SYNC_LISTED)
-            .collect();
+        // Unreadable: no replica is current for the node or for a directory above it.
+        let unavailable = {
+            let table = self.table();
+            marks
+                .iter()
+                .zip(&paths)
+                .filter(|((ino, _, _), _)| table.fresh(*ino, self.all()) == 0)
+                .map(|(_, path)| path.clone())
+                .take(OUT_OF_SYNC_LISTED)
+                .collect()
+        };
         MirrorStatus {
             mount_point: mount_point.to_path_buf(),
             pid: std::process::id(),

@@ -60,11 +60,14 @@ pub fn detach(log: &File) -> Result<Ready, CliError> {
             drop(read_end);
             // SAFETY: plain system calls in the new child.
             unsafe { libc::setsid() };
+            // Do not keep the caller's working directory (and its filesystem) busy.
+            std::env::set_current_dir("/")
+                .map_err(|e| cli_error!("chdir /: {}", crate::sys::describe(&e)))?;
             let null = File::options()
                 .read(true)
                 .write(true)
                 .open("/dev/null")
-                .map_err(|e| cli_error!("/dev/null: {e}"))?;
+                .map_err(|e| cli_error!("/dev/null: {}", crate::sys::describe(&e)))?;
             redirect(&null, 0)?;
             redirect(&null, 1)?;
             redirect(log, 2)?;
@@ -83,7 +86,17 @@ pub fn detach(log: &File) -> Result<Ready, CliError> {
                 let mut status = 0;
                 // SAFETY: waiting for our own child.
                 unsafe { libc::waitpid(child, &mut status, 0) };
-                report = format!("the daemon exited before the mount was ready (status {status})");
+                report = if libc::WIFSIGNALED(status) {
+                    format!(
+                        "the daemon was killed by signal {} before the mount was ready",
+                        libc::WTERMSIG(status)
+                    )
+                } else {
+                    format!(
+                        "the daemon exited with status {} before the mount was ready",
+                        libc::WEXITSTATUS(status)
+                    )
+                };
             }
             eprintln!("mirrorfs: {}", report.trim_end());
             std::process::exit(1);

@@ -3,12 +3,12 @@
 //! Each replica gets a `.mirrorfs` directory at its root (hidden from the mount) holding a
 //! `lock` file; the daemon holds an exclusive `flock` on it for as long as it serves the
 //! mount. Existing locks are all checked before anything is created, so a refused mount
-//! leaves the replicas as they were. A read-only mount creates nothing.
+//! leaves the replicas as they were, and a mount that fails later removes what it
+//! created. A read-only mount creates nothing.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -19,102 +19,118 @@ use crate::sys;
 
 const LOCK_FILE: &str = "lock";
 
+/// How long to wait for a lock held by a daemon that is still shutting down (a plain
+/// `umount` returns before the daemon has finished).
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
 /// Locks held for the life of the daemon; dropping them releases the replicas.
 #[derive(Debug)]
 pub struct ReplicaLocks {
     _held: Vec<OwnedFd>,
+    /// Roots of the replicas whose metadata directory this mount created.
+    created: Vec<OwnedFd>,
 }
 
-fn open_root(path: &Path) -> io::Result<OwnedFd> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    sys::open_path(&c, libc::O_PATH | libc::O_DIRECTORY)
+impl ReplicaLocks {
+    /// Removes the metadata this mount created, for a mount that did not come up.
+    pub fn undo_creation(self) {
+        for root in &self.created {
+            if let Ok(meta) = sys::openat(
+                root.as_fd(),
+                OsStr::new(META_DIR),
+                libc::O_PATH | libc::O_DIRECTORY,
+                0,
+            ) {
+                let _ = sys::unlinkat(meta.as_fd(), OsStr::new(LOCK_FILE), false);
+            }
+            let _ = sys::unlinkat(root.as_fd(), OsStr::new(META_DIR), true);
+        }
+    }
 }
 
-/// Opens `.mirrorfs/lock` if it exists.
-fn existing_lock(root: &OwnedFd) -> io::Result<Option<OwnedFd>> {
-    let meta = match sys::openat(
+fn open_meta(root: &OwnedFd) -> io::Result<OwnedFd> {
+    sys::openat(
         root.as_fd(),
         OsStr::new(META_DIR),
         libc::O_PATH | libc::O_DIRECTORY,
         0,
-    ) {
+    )
+}
+
+/// Opens `.mirrorfs/lock` if it exists (read-only is enough to hold an `flock`).
+fn existing_lock(root: &OwnedFd) -> io::Result<Option<OwnedFd>> {
+    let meta = match open_meta(root) {
         Ok(fd) => fd,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
         Err(e) => return Err(e),
     };
-    match sys::openat(meta.as_fd(), OsStr::new(LOCK_FILE), libc::O_RDWR, 0) {
+    match sys::openat(meta.as_fd(), OsStr::new(LOCK_FILE), libc::O_RDONLY, 0) {
         Ok(fd) => Ok(Some(fd)),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(e) => Err(e),
     }
 }
 
-fn create_lock(root: &OwnedFd) -> io::Result<OwnedFd> {
-    match sys::mkdirat(root.as_fd(), OsStr::new(META_DIR), 0o700) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+/// Creates `.mirrorfs/lock`; returns it and whether the directory was created too.
+fn create_lock(root: &OwnedFd) -> io::Result<(OwnedFd, bool)> {
+    let made_dir = match sys::mkdirat(root.as_fd(), OsStr::new(META_DIR), 0o700) {
+        Ok(()) => true,
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false,
         Err(e) => return Err(e),
-    }
-    let meta = sys::openat(
-        root.as_fd(),
-        OsStr::new(META_DIR),
-        libc::O_PATH | libc::O_DIRECTORY,
-        0,
-    )?;
-    sys::openat(
+    };
+    let meta = open_meta(root)?;
+    let lock = sys::openat(
         meta.as_fd(),
         OsStr::new(LOCK_FILE),
-        libc::O_RDWR | libc::O_CREAT,
+        libc::O_RDONLY | libc::O_CREAT,
         0o600,
-    )
+    )?;
+    Ok((lock, made_dir))
 }
-
-/// How long to wait for a lock held by a daemon that is still shutting down (a plain
-/// `umount` returns before the daemon has finished).
-const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 fn take(fd: &OwnedFd, replica: &Path) -> Result<(), CliError> {
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
         match sys::try_lock_exclusive(fd.as_fd()) {
+            Ok(true) => return Ok(()),
             Ok(false) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            other => return locked(other, replica),
+            Ok(false) => {
+                return Err(cli_error!(
+                    "replica {} is in use by another mirrorfs mount",
+                    replica.display()
+                ));
+            }
+            Err(e) => {
+                return Err(cli_error!(
+                    "replica {}: cannot lock {META_DIR}/{LOCK_FILE}: {}",
+                    replica.display(),
+                    sys::describe(&e)
+                ));
+            }
         }
     }
 }
 
-fn locked(result: io::Result<bool>, replica: &Path) -> Result<(), CliError> {
-    match result {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(cli_error!(
-            "replica {} is in use by another mirrorfs mount",
-            replica.display()
-        )),
-        Err(e) => Err(cli_error!(
-            "replica {}: cannot lock {META_DIR}/{LOCK_FILE}: {e}",
-            replica.display()
-        )),
-    }
-}
-
-/// Locks every replica, creating the metadata directory where missing (not when
-/// `read_only`).
-pub fn lock_replicas(replicas: &[PathBuf], read_only: bool) -> Result<ReplicaLocks, CliError> {
+/// Locks every replica (given by path and root descriptor), creating the metadata
+/// directory where missing (not when `read_only`).
+pub fn lock_replicas(
+    replicas: &[PathBuf],
+    roots: &[OwnedFd],
+    read_only: bool,
+) -> Result<ReplicaLocks, CliError> {
     let problem = |r: &Path, e: io::Error| {
         let what = match e.raw_os_error() {
             Some(libc::ELOOP) | Some(libc::ENOTDIR) => "exists but is not a directory".into(),
-            _ => e.to_string(),
+            _ => sys::describe(&e),
         };
         cli_error!("replica {}: {META_DIR}: {what}", r.display())
     };
     let mut held = Vec::new();
     let mut missing = Vec::new();
-    for r in replicas {
-        let root = open_root(r).map_err(|e| cli_error!("replica {}: {e}", r.display()))?;
-        match existing_lock(&root).map_err(|e| problem(r, e))? {
+    for (r, root) in replicas.iter().zip(roots) {
+        match existing_lock(root).map_err(|e| problem(r, e))? {
             Some(fd) => {
                 take(&fd, r)?;
                 held.push(fd);
@@ -122,12 +138,30 @@ pub fn lock_replicas(replicas: &[PathBuf], read_only: bool) -> Result<ReplicaLoc
             None => missing.push((r, root)),
         }
     }
+    let mut locks = ReplicaLocks {
+        _held: held,
+        created: Vec::new(),
+    };
     if !read_only {
         for (r, root) in missing {
-            let fd = create_lock(&root).map_err(|e| problem(r, e))?;
-            take(&fd, r)?;
-            held.push(fd);
+            let (fd, made_dir) = match create_lock(root) {
+                Ok(made) => made,
+                Err(e) => {
+                    locks.undo_creation();
+                    return Err(problem(r, e));
+                }
+            };
+            if made_dir {
+                locks
+                    .created
+                    .push(root.try_clone().map_err(|e| problem(r, e))?);
+            }
+            if let Err(e) = take(&fd, r) {
+                locks.undo_creation();
+                return Err(e);
+            }
+            locks._held.push(fd);
         }
     }
-    Ok(ReplicaLocks { _held: held })
+    Ok(locks)
 }

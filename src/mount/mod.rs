@@ -2,16 +2,16 @@
 //! `--foreground`), mount, and serve FUSE requests until unmounted.
 
 mod daemon;
+mod kernel;
 mod lock;
 pub mod options;
 pub mod plan;
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fuser::{Config, MountOption, SessionACL};
+use fuser::{Config, SessionACL};
 use tracing::{error, info, warn};
 
 use crate::cli::MountArgs;
@@ -20,11 +20,11 @@ use crate::control;
 use crate::error::CliError;
 use crate::fs::fuse_adapter::FuseMirror;
 use crate::fs::{FsOptions, MirrorFs};
+use crate::logging::LogFile;
 use crate::replica::Replica;
 use crate::runtime::{self, RuntimeInfo};
 use crate::sys;
 
-use daemon::Ready;
 use options::MountOptions;
 use plan::MountPlan;
 
@@ -33,35 +33,28 @@ fn default_threads() -> usize {
     (cpus * 2).max(2)
 }
 
-/// The fuser configuration for a mount.
-fn fuse_config(plan: &MountPlan, opts: &MountOptions, threads: usize) -> Config {
+/// The source name the mount shows (`mount`, `df`): the replica list unless given.
+fn fsname(plan: &MountPlan, opts: &MountOptions) -> String {
+    opts.fsname.clone().unwrap_or_else(|| {
+        plan.replicas
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(":")
+    })
+}
+
+/// The fuser session configuration.
+fn fuse_config(opts: &MountOptions, threads: usize) -> Config {
     let mut config = Config::default();
-    let joined = plan
-        .replicas
-        .iter()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(":");
-    let fsname = opts
-        .fsname
-        .clone()
-        .unwrap_or(if joined.contains([',', ' ', '\t', '\n', '\\']) {
-            "mirrorfs".to_string()
-        } else {
-            joined
-        });
-    config.mount_options = opts.kernel.clone();
-    config.mount_options.extend([
-        MountOption::DefaultPermissions,
-        MountOption::FSName(fsname),
-        // The kernel shows it as the filesystem type fuse.mirrorfs.
-        MountOption::CUSTOM("subtype=mirrorfs".into()),
-    ]);
     config.acl = opts.acl;
     config.n_threads = Some(threads);
     config.clone_fd = true;
     config
 }
+
+/// The longest cache TTL accepted: a day.
+const MAX_TTL: f64 = 86_400.0;
 
 pub fn run(args: MountArgs) -> Result<(), CliError> {
     let plan = plan::plan(&args.paths)?;
@@ -74,69 +67,96 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         return Err(cli_error!("threads must be at least 1"));
     }
     let ttl = args.cache_ttl.or(opts.cache_ttl).unwrap_or(1.0);
-    if !ttl.is_finite() || ttl < 0.0 {
+    if !(0.0..=MAX_TTL).contains(&ttl) {
         return Err(cli_error!(
-            "cache_ttl must be a number of seconds, 0 or more"
+            "cache_ttl must be a number of seconds from 0 to {MAX_TTL}"
         ));
     }
     let fs_options = FsOptions {
         ttl: Duration::from_secs_f64(ttl),
     };
-    let config = fuse_config(&plan, &opts, threads);
-    let locks = lock::lock_replicas(&plan.replicas, opts.read_only)?;
-
-    if args.foreground {
-        crate::logging::init(&args.log_level, None);
-        return serve(&plan, config, fs_options, &mut None, None);
+    let config = fuse_config(&opts, threads);
+    let log = if args.foreground {
+        None
+    } else {
+        let path = args
+            .log_file
+            .clone()
+            .unwrap_or_else(|| runtime::default_log_file(&plan.mount_point));
+        Some(LogFile::open(&path).map_err(|e| {
+            cli_error!(
+                "cannot open log file {}: {}",
+                path.display(),
+                sys::describe(&e)
+            )
+        })?)
+    };
+    let locks = lock::lock_replicas(&plan.replicas, &plan.roots, opts.read_only())?;
+    let mut ready = match &log {
+        Some(log) => match log
+            .try_clone_file()
+            .map_err(|e| cli_error!("log file {}: {}", log.path().display(), sys::describe(&e)))
+            .and_then(|stderr| daemon::detach(&stderr))
+        {
+            Ok(ready) => Some(ready),
+            Err(e) => {
+                locks.undo_creation();
+                return Err(e);
+            }
+        },
+        None => None,
+    };
+    crate::logging::init(&args.log_level, log.clone());
+    let mounted = match start(plan, &opts, config, fs_options, log) {
+        Ok(m) => m,
+        Err(e) => {
+            if let Some(r) = ready.as_mut() {
+                r.fail(&e.message);
+            }
+            locks.undo_creation();
+            return Err(e);
+        }
+    };
+    if let Some(r) = ready.as_mut() {
+        r.ok();
     }
-    let log_path = args
-        .log_file
-        .clone()
-        .unwrap_or_else(|| runtime::default_log_file(&plan.mount_point));
-    let log = open_log(&log_path)?;
-    let mut ready = Some(daemon::detach(&log)?);
-    crate::logging::init(&args.log_level, Some(log));
-    let result = serve(&plan, config, fs_options, &mut ready, Some(log_path));
-    if let (Err(e), Some(r)) = (&result, ready.as_mut()) {
-        r.fail(&e.message);
-    }
+    let result = mounted.serve();
     drop(locks);
     result
 }
 
-fn open_log(path: &Path) -> Result<File, CliError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| cli_error!("cannot create log directory {}: {e}", dir.display()))?;
-    }
-    File::options()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| cli_error!("cannot open log file {}: {e}", path.display()))
-}
-
-/// The signals that unmount the mirror.
-fn shutdown_signals() -> libc::sigset_t {
-    // SAFETY: sigset operations on a local set.
+/// Blocks the signals the daemon handles itself (SIGINT, SIGTERM: unmount; SIGHUP: reopen
+/// the log) in this thread and every thread spawned after, and returns them.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset operations on a local set, then blocking it in this thread.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
             libc::sigaddset(&mut set, s);
         }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
 }
 
-/// Unmounts on SIGINT, SIGTERM or SIGHUP: normally, or lazily when files are still open
-/// (the daemon then serves them until they are closed).
-fn watch_signals(set: libc::sigset_t, mount_point: PathBuf) {
+/// Handles the blocked signals on a thread of its own: SIGHUP reopens the log file (for
+/// log rotation); SIGINT and SIGTERM unmount, lazily when files are still open (the daemon
+/// then serves them until they are closed).
+fn watch_signals(set: libc::sigset_t, mount_point: PathBuf, log: Option<LogFile>) {
     std::thread::spawn(move || {
         loop {
             let mut sig = 0;
             // SAFETY: waits for one of the blocked signals.
             if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                continue;
+            }
+            if sig == libc::SIGHUP {
+                if let Some(log) = &log
+                    && let Err(e) = log.reopen()
+                {
+                    error!(error = %sys::describe(&e), "cannot reopen the log file");
+                }
                 continue;
             }
             info!(signal = sig, "unmounting on signal");
@@ -147,86 +167,148 @@ fn watch_signals(set: libc::sigset_t, mount_point: PathBuf) {
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                     warn!("mount point is busy; detaching it, open files are still served");
                     if let Err(e) = sys::umount(&path, libc::MNT_DETACH) {
-                        error!(error = %e, "lazy unmount failed");
+                        error!(error = %sys::describe(&e), "lazy unmount failed");
                     }
                 }
-                Err(e) => error!(error = %e, "unmount failed"),
+                Err(e) => error!(error = %sys::describe(&e), "unmount failed"),
             }
         }
     });
 }
 
-fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit on a local struct.
+/// Process limits for a daemon that serves other users' files: as many descriptors as
+/// allowed, and no file size limit inherited from the shell that mounted it.
+fn set_limits() {
+    // SAFETY: getrlimit/setrlimit on local structs; SIGXFSZ ignored so that a limit that
+    // still applies fails the write (EFBIG) instead of killing the daemon.
     unsafe {
         let mut lim: libc::rlimit = std::mem::zeroed();
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
+        let unlimited = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        libc::setrlimit(libc::RLIMIT_FSIZE, &unlimited);
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }
 
-/// Mounts and serves until unmounted. Called in the daemon (or the foreground process).
-fn serve(
-    plan: &MountPlan,
+/// Lazily unmounts a mount this daemon made but will not serve.
+fn detach(mount_point: &std::path::Path) {
+    if let Ok(path) = std::ffi::CString::new(mount_point.as_os_str().as_encoded_bytes()) {
+        let _ = sys::umount(&path, libc::MNT_DETACH);
+    }
+}
+
+/// A mounted mirror, ready to serve.
+struct Mounted {
+    session: fuser::Session<FuseMirror>,
+    mount_point: PathBuf,
+    control: control::Socket,
+}
+
+/// Mounts the mirror: opens the replicas, mounts (the kernel handshake is done when this
+/// returns), records the daemon in /run/mirrorfs and opens the control socket.
+fn start(
+    plan: MountPlan,
+    opts: &MountOptions,
     config: Config,
     fs_options: FsOptions,
-    ready: &mut Option<Ready>,
-    log_file: Option<PathBuf>,
-) -> Result<(), CliError> {
-    // Modes are computed per request; the daemon's own umask must not change them.
+    log: Option<LogFile>,
+) -> Result<Mounted, CliError> {
+    // Files mirrorfs itself creates (runtime records) get ordinary permissions; see
+    // `Mounted::serve` for the umask used while serving.
     // SAFETY: umask cannot fail.
-    unsafe { libc::umask(0) };
-    raise_fd_limit();
-    let signals = shutdown_signals();
-    // SAFETY: blocks the signals in this thread; threads spawned later inherit the mask.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
-
-    let replicas = plan
-        .replicas
+    unsafe { libc::umask(0o022) };
+    set_limits();
+    let signals = block_signals();
+    let name = fsname(&plan, opts);
+    let MountPlan {
+        replicas: paths,
+        roots,
+        mount_point,
+    } = plan;
+    let replicas = paths
         .iter()
+        .zip(roots)
         .enumerate()
-        .map(|(i, p)| Replica::open(i, p).map_err(|e| cli_error!("replica {}: {e}", p.display())))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|(i, (p, root))| Replica::new(i, p, root))
+        .collect();
     let fs = Arc::new(MirrorFs::new(replicas, fs_options));
-    let session = fuser::Session::new(FuseMirror(fs.clone()), &plan.mount_point, &config)
-        .map_err(|e| cli_error!("cannot mount {}: {e}", plan.mount_point.display()))?;
-    if config.acl == SessionACL::All {
+    let dev = kernel::mount(&mount_point, &name, opts).map_err(|e| {
+        let hint = if e.raw_os_error() == Some(libc::EPERM) {
+            " (mounting needs root)"
+        } else {
+            ""
+        };
+        cli_error!(
+            "cannot mount {}: {}{hint}",
+            mount_point.display(),
+            sys::describe(&e)
+        )
+    })?;
+    let session = fuser::Session::from_fd(FuseMirror(fs.clone()), dev, config.acl, config)
+        .map_err(|e| {
+            detach(&mount_point);
+            cli_error!(
+                "cannot start serving {}: {}",
+                mount_point.display(),
+                sys::describe(&e)
+            )
+        })?;
+    if opts.acl == SessionACL::All {
         info!("allow_other: every user reaches the mount, checked by default_permissions");
     }
     let info = RuntimeInfo {
         pid: std::process::id(),
-        mount_point: plan.mount_point.clone(),
-        replicas: plan.replicas.clone(),
-        log_file,
+        mount_point: mount_point.clone(),
+        replicas: paths.clone(),
+        log_file: log.as_ref().map(|l| l.path().to_path_buf()),
     };
-    if let Err(e) = runtime::write(&info) {
-        warn!(error = %e, "cannot write the runtime record; `mirrorfs umount` will not wait");
-    }
-    if let Err(e) = control::serve(fs, plan.mount_point.clone()) {
-        warn!(error = %e, "cannot open the control socket; `mirrorfs health` will not answer");
-    }
-    watch_signals(signals, plan.mount_point.clone());
-    info!(
-        mount_point = %plan.mount_point.display(),
-        replicas = ?plan.replicas,
-        "mounted"
-    );
-    if let Some(r) = ready.as_mut() {
-        r.ok();
-    }
-    let result = session.run();
-    runtime::remove(&plan.mount_point);
-    control::remove(&plan.mount_point);
-    match result {
-        Ok(()) => {
-            info!("unmounted; replicas synced");
-            Ok(())
-        }
-        Err(e) => {
-            error!(error = %e, "session ended with an error");
-            Err(cli_error!("session ended: {e}"))
+    runtime::write(&info).map_err(|e| {
+        detach(&mount_point);
+        cli_error!(
+            "cannot record the daemon in {}: {}",
+            runtime::RUNTIME_DIR,
+            sys::describe(&e)
+        )
+    })?;
+    let control = control::serve(fs, mount_point.clone()).map_err(|e| {
+        runtime::remove(&mount_point);
+        detach(&mount_point);
+        cli_error!("cannot open the control socket: {}", sys::describe(&e))
+    })?;
+    watch_signals(signals, mount_point.clone(), log);
+    info!(mount_point = %mount_point.display(), replicas = ?paths, "mounted");
+    Ok(Mounted {
+        session,
+        mount_point,
+        control,
+    })
+}
+
+impl Mounted {
+    /// Serves FUSE requests until the mirror is unmounted.
+    fn serve(self) -> Result<(), CliError> {
+        // Modes of new nodes are computed per request (the caller's umask, or a default
+        // ACL); the daemon's own umask must not change them.
+        // SAFETY: umask cannot fail.
+        unsafe { libc::umask(0) };
+        let result = self.session.run();
+        runtime::remove(&self.mount_point);
+        self.control.remove();
+        match result {
+            Ok(()) => {
+                info!("unmounted; replicas synced");
+                Ok(())
+            }
+            Err(e) => {
+                error!(error = %e, "session ended with an error");
+                Err(cli_error!("session ended: {}", sys::describe(&e)))
+            }
         }
     }
 }

@@ -1,25 +1,64 @@
 //! The `-o` mount options: the usual FUSE and VFS ones, two of mirrorfs's own, and the
 //! fstab-only ones that mount(8) passes along and that mean nothing here.
 
-use fuser::{MountOption, SessionACL};
+use fuser::SessionACL;
 
 use crate::cli_error;
 use crate::error::CliError;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MountOptions {
-    pub kernel: Vec<MountOption>,
+    /// `MS_*` flags for mount(2).
+    pub flags: libc::c_ulong,
     pub acl: SessionACL,
-    pub read_only: bool,
     pub fsname: Option<String>,
     pub threads: Option<usize>,
     pub cache_ttl: Option<f64>,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            // Like every FUSE mount: no set-user-ID programs, no device files, unless asked.
+            flags: libc::MS_NOSUID | libc::MS_NODEV,
+            acl: SessionACL::Owner,
+            fsname: None,
+            threads: None,
+            cache_ttl: None,
+        }
+    }
+}
+
+impl MountOptions {
+    pub fn read_only(&self) -> bool {
+        self.flags & libc::MS_RDONLY != 0
+    }
 }
 
 fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, CliError> {
     value
         .parse()
         .map_err(|_| cli_error!("mount option {key}={value}: not a valid number"))
+}
+
+/// The mount flag an option sets (`true`) or clears (`false`).
+fn flag(key: &str) -> Option<(libc::c_ulong, bool)> {
+    Some(match key {
+        "ro" => (libc::MS_RDONLY, true),
+        "rw" => (libc::MS_RDONLY, false),
+        "nosuid" => (libc::MS_NOSUID, true),
+        "suid" => (libc::MS_NOSUID, false),
+        "nodev" => (libc::MS_NODEV, true),
+        "dev" => (libc::MS_NODEV, false),
+        "noexec" => (libc::MS_NOEXEC, true),
+        "exec" => (libc::MS_NOEXEC, false),
+        "noatime" => (libc::MS_NOATIME, true),
+        "atime" => (libc::MS_NOATIME, false),
+        "sync" => (libc::MS_SYNCHRONOUS, true),
+        "async" => (libc::MS_SYNCHRONOUS, false),
+        "dirsync" => (libc::MS_DIRSYNC, true),
+        _ => return None,
+    })
 }
 
 pub fn parse(groups: &[String]) -> Result<MountOptions, CliError> {
@@ -33,41 +72,27 @@ pub fn parse(groups: &[String]) -> Result<MountOptions, CliError> {
             Some((k, v)) => (k, Some(v)),
             None => (opt, None),
         };
-        let flag = |m: MountOption| -> Result<MountOption, CliError> {
-            match value {
-                None => Ok(m),
-                Some(_) => Err(cli_error!("mount option {key} takes no value")),
-            }
-        };
         match (key, value) {
             ("allow_other", None) => o.acl = SessionACL::All,
             ("allow_root", None) => o.acl = SessionACL::RootAndOwner,
             ("default_permissions", None) => {}
-            ("ro", None) => {
-                o.read_only = true;
-                o.kernel.push(MountOption::RO);
-            }
-            ("rw", None) => {
-                o.read_only = false;
-                o.kernel.retain(|m| *m != MountOption::RO);
-            }
             ("fsname", Some(v)) if !v.is_empty() => o.fsname = Some(v.to_string()),
             ("threads", Some(v)) => o.threads = Some(number(key, v)?),
             ("cache_ttl", Some(v)) => o.cache_ttl = Some(number(key, v)?),
             ("defaults" | "auto" | "noauto" | "user" | "nouser" | "users" | "_netdev", None)
             | ("nofail" | "relatime" | "norelatime" | "strictatime" | "lazytime", None) => {}
             (k, _) if k.starts_with("x-") || k.starts_with("comment=") => {}
-            ("suid", _) => o.kernel.push(flag(MountOption::Suid)?),
-            ("nosuid", _) => o.kernel.push(flag(MountOption::NoSuid)?),
-            ("dev", _) => o.kernel.push(flag(MountOption::Dev)?),
-            ("nodev", _) => o.kernel.push(flag(MountOption::NoDev)?),
-            ("exec", _) => o.kernel.push(flag(MountOption::Exec)?),
-            ("noexec", _) => o.kernel.push(flag(MountOption::NoExec)?),
-            ("atime", _) => o.kernel.push(flag(MountOption::Atime)?),
-            ("noatime", _) => o.kernel.push(flag(MountOption::NoAtime)?),
-            ("sync", _) => o.kernel.push(flag(MountOption::Sync)?),
-            ("async", _) => o.kernel.push(flag(MountOption::Async)?),
-            ("dirsync", _) => o.kernel.push(flag(MountOption::DirSync)?),
+            (k, None) if flag(k).is_some() => {
+                let (bit, set) = flag(k).expect("checked");
+                if set {
+                    o.flags |= bit;
+                } else {
+                    o.flags &= !bit;
+                }
+            }
+            (k, Some(_)) if flag(k).is_some() => {
+                return Err(cli_error!("mount option {k} takes no value"));
+            }
             _ => return Err(cli_error!("unknown mount option {opt:?}")),
         }
     }
@@ -86,9 +111,11 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(o.acl, SessionACL::All);
-        assert!(o.read_only);
-        assert_eq!(o.kernel, vec![MountOption::RO]);
+        assert!(o.read_only());
+        assert_eq!(o.flags, libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV);
         assert_eq!(o.threads, Some(8));
+        let o = parse(&["suid,dev,noexec".into()]).unwrap();
+        assert_eq!(o.flags, libc::MS_NOEXEC);
     }
 
     #[test]

@@ -5,21 +5,25 @@
 //! a mount point that does not exist, is not a directory or is already mounted; a mount
 //! point inside a replica; a replica inside the mount point.
 
+use std::ffi::CString;
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::cli_error;
 use crate::error::CliError;
-use crate::mountinfo;
+use crate::{mountinfo, sys};
 
 /// The most replicas one mirror may have.
 pub const MAX_REPLICAS: usize = 32;
 
-/// A checked request: absolute, symlink-free paths.
-#[derive(Debug, Clone)]
+/// A checked request: absolute, symlink-free paths, and each replica's root opened once,
+/// so that the directory checked is the directory served.
+#[derive(Debug)]
 pub struct MountPlan {
     pub replicas: Vec<PathBuf>,
+    pub roots: Vec<OwnedFd>,
     pub mount_point: PathBuf,
 }
 
@@ -56,15 +60,20 @@ fn split(paths: &[PathBuf]) -> Result<(Vec<PathBuf>, PathBuf), CliError> {
     Ok((out, mount_point.clone()))
 }
 
-fn directory(role: &str, path: &Path) -> Result<(PathBuf, (u64, u64)), CliError> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| cli_error!("{role} {}: {}", path.display(), describe(&e)))?;
-    if !meta.is_dir() {
+/// Opens directory `path` (`O_PATH`), returning its descriptor, its canonical path (what
+/// the descriptor names) and its (device, inode).
+fn directory(role: &str, path: &Path) -> Result<(OwnedFd, PathBuf, (u64, u64)), CliError> {
+    let fail = |e: io::Error| cli_error!("{role} {}: {}", path.display(), describe(&e));
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| cli_error!("{role} {}: the path has a NUL byte", path.display()))?;
+    let fd = sys::open_path(&c, libc::O_PATH).map_err(fail)?;
+    let st = sys::fstat(fd.as_fd()).map_err(fail)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
         return Err(cli_error!("{role} {}: not a directory", path.display()));
     }
-    let canonical = std::fs::canonicalize(path)
-        .map_err(|e| cli_error!("{role} {}: {}", path.display(), describe(&e)))?;
-    Ok((canonical, (meta.dev(), meta.ino())))
+    let canonical =
+        std::fs::read_link(sys::proc_fd_path(fd.as_fd()).to_str().expect("ASCII")).map_err(fail)?;
+    Ok((fd, canonical, (st.st_dev, st.st_ino)))
 }
 
 pub fn plan(paths: &[PathBuf]) -> Result<MountPlan, CliError> {
@@ -76,8 +85,9 @@ pub fn plan(paths: &[PathBuf]) -> Result<MountPlan, CliError> {
         ));
     }
     let mut replicas: Vec<(PathBuf, (u64, u64))> = Vec::new();
+    let mut roots = Vec::new();
     for path in &given {
-        let (canonical, id) = directory("replica", path)?;
+        let (fd, canonical, id) = directory("replica", path)?;
         if let Some((other, _)) = replicas.iter().find(|(p, i)| *p == canonical || *i == id) {
             return Err(cli_error!(
                 "replica {} is given twice (it is the same directory as {})",
@@ -86,6 +96,7 @@ pub fn plan(paths: &[PathBuf]) -> Result<MountPlan, CliError> {
             ));
         }
         replicas.push((canonical, id));
+        roots.push(fd);
     }
     for (a, _) in &replicas {
         for (b, _) in &replicas {
@@ -98,9 +109,9 @@ pub fn plan(paths: &[PathBuf]) -> Result<MountPlan, CliError> {
             }
         }
     }
-    let (mount_point, _) = directory("mount point", &mount_point)?;
+    let (_, mount_point, _) = directory("mount point", &mount_point)?;
     let mounted = mountinfo::mounted_at(&mount_point)
-        .map_err(|e| cli_error!("cannot read the mount table: {e}"))?;
+        .map_err(|e| cli_error!("cannot read the mount table: {}", crate::sys::describe(&e)))?;
     if let Some(m) = mounted {
         return Err(cli_error!(
             "mount point {} is already mounted ({} from {}); unmount it first",
@@ -127,6 +138,7 @@ pub fn plan(paths: &[PathBuf]) -> Result<MountPlan, CliError> {
     }
     Ok(MountPlan {
         replicas: replicas.into_iter().map(|(p, _)| p).collect(),
+        roots,
         mount_point,
     })
 }

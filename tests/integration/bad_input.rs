@@ -77,6 +77,20 @@ fn refusals_name_the_problem_and_change_nothing() {
             vec![OsStr::from_bytes(b"::").to_owned(), o(&mnt)],
             "empty entry",
         ),
+        (
+            vec![o(&a), o(&b), o(&mnt), "--cache-ttl".into(), "1e300".into()],
+            "cache_ttl must be",
+        ),
+        (
+            vec![
+                o(&a),
+                o(&b),
+                o(&mnt),
+                "--log-file".into(),
+                "/proc/no/such/log".into(),
+            ],
+            "cannot open log file",
+        ),
     ];
     for (args, expected) in &cases {
         let refs: Vec<&OsStr> = args.iter().map(|s| s.as_os_str()).collect();

@@ -118,3 +118,30 @@ fn a_dead_replica_does_not_stop_the_mount() {
         assert_eq!(fs::read(m.replica(i, "d/moved")).unwrap(), b"2");
     }
 }
+
+#[test]
+fn a_failed_rename_marks_nothing() {
+    let m = Mirror::setup(2).faulty(1).mount();
+    fs::create_dir_all(m.path("a/d/sub")).unwrap();
+    fs::create_dir_all(m.path("x/e/full")).unwrap();
+    // Replica 1 misses a chmod of x, so it is out of date for x.
+    m.faults(1)
+        .dead
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    fs::set_permissions(
+        m.path("x"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    m.faults(1)
+        .dead
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let (_, before) = replica_state(&m, 1);
+    assert!(before.contains(&"data:/x".to_string()), "{before:?}");
+    // Renaming a/d over the non-empty x/e fails; replica 1 was not asked (x is stale
+    // there) and must not be marked for a.
+    let e = fs::rename(m.path("a/d"), m.path("x/e")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY));
+    let (_, after) = replica_state(&m, 1);
+    assert_eq!(before, after, "a failed rename changed the marks");
+}

@@ -294,3 +294,61 @@ fn flock_and_posix_locks_behave_like_a_local_filesystem() {
         "child got the lock"
     );
 }
+
+#[test]
+fn copy_file_range_racing_writes_to_its_source_keeps_replicas_identical() {
+    let m = std::sync::Arc::new(Mirror::new(3));
+    fs::write(m.path("src"), vec![1u8; 256 * 1024]).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (m, stop) = (m.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let f = OpenOptions::new().write(true).open(m.path("src")).unwrap();
+            let mut n = 0u8;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n = n.wrapping_add(1);
+                f.write_all_at(&vec![n; 64 * 1024], (n as u64 % 4) * 64 * 1024)
+                    .unwrap();
+            }
+        })
+    };
+    let src = File::open(m.path("src")).unwrap();
+    let dst = File::create(m.path("dst")).unwrap();
+    for _ in 0..200 {
+        let (mut i, mut o) = (0i64, 0i64);
+        // SAFETY: copy_file_range between open descriptors with local offsets.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut i,
+                dst.as_raw_fd(),
+                &mut o,
+                256 * 1024,
+                0,
+            )
+        };
+        assert_eq!(n, 256 * 1024, "errno {}", last_errno());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    drop((src, dst));
+    m.assert_in_sync();
+}
+
+#[test]
+fn ftruncate_leaves_one_mtime_everywhere() {
+    let m = Mirror::new(3);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.path("t"))
+        .unwrap();
+    f.write_all_at(&[5u8; 100_000], 0).unwrap();
+    f.sync_all().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    f.set_len(1000).unwrap();
+    drop(f);
+    m.assert_in_sync();
+}

@@ -161,3 +161,123 @@ fn a_read_only_mount_changes_nothing() {
     assert!(out.status.success());
     assert!(!a.join(".mirrorfs").exists() && !b.join(".mirrorfs").exists());
 }
+
+#[test]
+fn runtime_records_are_private_to_root() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let m = Mirror::new(2);
+    let dir = fs::symlink_metadata("/run/mirrorfs").unwrap();
+    assert!(dir.is_dir());
+    assert_eq!((dir.uid(), dir.permissions().mode() & 0o777), (0, 0o755));
+    let key = mirrorfs::runtime::key(&m.mnt);
+    let json = fs::symlink_metadata(format!("/run/mirrorfs/{key}.json")).unwrap();
+    assert_eq!(json.permissions().mode() & 0o777, 0o644);
+    let sock = fs::symlink_metadata(format!("/run/mirrorfs/{key}.sock")).unwrap();
+    assert_eq!(sock.permissions().mode() & 0o777, 0o600);
+}
+
+#[test]
+fn the_daemon_leaves_the_callers_directory_and_sighup_reopens_its_log() {
+    let m = Mirror::new(2);
+    let pid = m.pid().unwrap();
+    assert_eq!(
+        fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
+        std::path::Path::new("/")
+    );
+    // Rotate the log: the daemon keeps serving and writes to a new file at the same path.
+    let rotated = m.log_path().with_extension("1");
+    fs::rename(m.log_path(), &rotated).unwrap();
+    // SAFETY: signalling our own daemon.
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    wait_until("the new log file", || m.log_path().exists());
+    fs::write(m.path("still-mounted"), b"yes").unwrap();
+    assert!(mounted(&m.mnt));
+    assert!(fs::read_to_string(&rotated).unwrap().contains("mounted"));
+}
+
+#[test]
+fn read_only_replicas_mount_read_only() {
+    let mut m = Mirror::new(2);
+    fs::write(m.path("f"), b"data").unwrap();
+    m.unmount();
+    // Make each replica a read-only bind mount of itself.
+    let bind = |args: &[&str], p: &std::path::Path| {
+        let out = Command::new("mount")
+            .args(args)
+            .arg(p)
+            .arg(p)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for r in &m.replicas {
+        bind(&["--bind"], r);
+        let out = Command::new("mount")
+            .args(["-o", "remount,bind,ro"])
+            .arg(r)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    m.extra_args = vec!["-o".into(), "ro".into()];
+    m.mount();
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"data");
+    m.unmount();
+    for r in &m.replicas {
+        let out = Command::new("umount").arg(r).output().unwrap();
+        assert!(out.status.success());
+    }
+}
+
+#[test]
+fn a_replaced_daemon_does_not_remove_its_successors_socket() {
+    let t = tempfile::tempdir().unwrap();
+    let d = |n: &str| {
+        let p = t.path().join(n);
+        fs::create_dir(&p).unwrap();
+        p
+    };
+    let (a, b, mnt) = (d("a"), d("b"), d("mnt"));
+    let mount = |r: &std::path::Path| {
+        let out = Command::new(BIN)
+            .args(["mount"])
+            .arg(r)
+            .arg(&mnt)
+            .arg("--log-file")
+            .arg(t.path().join("log"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        daemon_pid(&mnt).unwrap()
+    };
+    let old = mount(&a);
+    // A file held open keeps the old daemon serving after a lazy unmount.
+    let held = fs::File::create(mnt.join("held")).unwrap();
+    let out = Command::new("umount").arg("-l").arg(&mnt).output().unwrap();
+    assert!(out.status.success());
+    let new = mount(&b);
+    drop(held);
+    wait_until("the old daemon to exit", || !alive(old));
+    let out = mirrorfs(&[OsStr::new("health"), mnt.as_os_str()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = mirrorfs(&[OsStr::new("umount"), mnt.as_os_str()]);
+    assert!(out.status.success());
+    assert!(!alive(new));
+}

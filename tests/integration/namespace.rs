@@ -250,3 +250,57 @@ fn the_metadata_directory_is_invisible_and_unreachable() {
     f.write_all(b"fine").unwrap();
     m.assert_in_sync();
 }
+
+#[test]
+fn an_open_file_keeps_its_inode_number_through_a_name_not_yet_looked_up() {
+    let mut m = Mirror::new(2);
+    m.unmount();
+    for i in 0..2 {
+        fs::write(m.replica(i, "a"), b"shared").unwrap();
+        fs::hard_link(m.replica(i, "a"), m.replica(i, "b")).unwrap();
+    }
+    m.mount();
+    let open = File::options()
+        .read(true)
+        .write(true)
+        .open(m.path("a"))
+        .unwrap();
+    fs::remove_file(m.path("a")).unwrap();
+    // "b" was never looked up; it is the same file as the open one.
+    let b = fs::metadata(m.path("b")).unwrap();
+    assert_eq!(b.ino(), open.metadata().unwrap().ino());
+    (&open).write_all(b"SHARED").unwrap();
+    assert_eq!(fs::read(m.path("b")).unwrap(), b"SHARED");
+    drop(open);
+    m.assert_in_sync();
+}
+
+#[test]
+fn a_removed_directory_that_is_still_open_can_be_stat_and_listed() {
+    let m = Mirror::new(2);
+    fs::create_dir(m.path("gone")).unwrap();
+    let dir = File::open(m.path("gone")).unwrap();
+    fs::remove_dir(m.path("gone")).unwrap();
+    let md = dir.metadata().unwrap();
+    assert!(md.is_dir());
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&dir);
+    // SAFETY: fdopendir takes a duplicate we own; readdir on an empty, removed directory.
+    unsafe {
+        let d = libc::fdopendir(libc::dup(fd));
+        assert!(!d.is_null(), "errno {}", last_errno());
+        let mut names = Vec::new();
+        loop {
+            let e = libc::readdir(d);
+            if e.is_null() {
+                break;
+            }
+            names.push(std::ffi::CStr::from_ptr((*e).d_name.as_ptr()).to_owned());
+        }
+        libc::closedir(d);
+        assert!(
+            names
+                .iter()
+                .all(|n| n.as_bytes() == b"." || n.as_bytes() == b"..")
+        );
+    }
+}

@@ -107,3 +107,25 @@ fn xattr_count(p: &std::path::Path) -> usize {
         .filter(|s| !s.is_empty())
         .count()
 }
+
+#[test]
+fn a_fifo_planted_on_a_replica_neither_hangs_nor_is_opened() {
+    let m = Mirror::new(2);
+    fs::write(m.path("f"), b"file").unwrap();
+    fs::remove_file(m.replica(1, "f")).unwrap();
+    let fifo = std::ffi::CString::new(m.replica(1, "f").to_str().unwrap()).unwrap();
+    // SAFETY: valid path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o666) }, 0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = m.path("f");
+    std::thread::spawn(move || {
+        let r = fs::write(&path, b"written");
+        let _ = tx.send(r.map_err(|e| e.to_string()));
+    });
+    let r = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("writing through the mount hung on the planted FIFO");
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"written");
+    assert_eq!(m.status()["daemon"]["replicas"][1]["state"], "degraded");
+}
