@@ -7,7 +7,7 @@ use std::fs;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{BIN, Mirror, daemon_pid, mirrorfs};
+use crate::common::{BIN, Mirror, Unmount, daemon_pid, mirrorfs};
 
 fn mounted(path: &std::path::Path) -> bool {
     mirrorfs::mountinfo::mounted_at(path).unwrap().is_some()
@@ -90,6 +90,7 @@ fn foreground_mode_serves_until_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _guard = Unmount(mnt.clone());
     wait_until("the foreground mount", || mounted(&mnt));
     fs::write(mnt.join("f"), b"fg").unwrap();
     assert_eq!(daemon_pid(&mnt), Some(child.id()));
@@ -145,6 +146,7 @@ fn a_read_only_mount_changes_nothing() {
         .arg(t.path().join("log"))
         .output()
         .unwrap();
+    let _guard = Unmount(mnt.clone());
     assert!(
         out.status.success(),
         "{}",
@@ -214,6 +216,7 @@ fn read_only_replicas_mount_read_only() {
             String::from_utf8_lossy(&out.stderr)
         );
     };
+    let _binds: Vec<Unmount> = m.replicas.iter().map(|r| Unmount(r.clone())).collect();
     for r in &m.replicas {
         bind(&["--bind"], r);
         let out = Command::new("mount")
@@ -262,6 +265,7 @@ fn a_replaced_daemon_does_not_remove_its_successors_socket() {
         );
         daemon_pid(&mnt).unwrap()
     };
+    let _guard = Unmount(mnt.clone());
     let old = mount(&a);
     // A file held open keeps the old daemon serving after a lazy unmount.
     let held = fs::File::create(mnt.join("held")).unwrap();

@@ -283,3 +283,15 @@ pub fn as_nobody(dir: &Path, script: &str) -> Output {
         .output()
         .expect("run sh as nobody")
 }
+
+/// Unmounts a mount point when dropped (lazily, so it never blocks), for tests that mount
+/// something themselves; a test that fails leaves no mount behind.
+pub struct Unmount(pub PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let p = cstr(&self.0);
+        // SAFETY: unmounting a path this test mounted; EINVAL when already unmounted.
+        unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+    }
+}
