@@ -25,6 +25,8 @@ pub enum Command {
     Umount(UmountArgs),
     /// Show the state of each replica of a mounted mirror (monitoring-plugin format).
     Health(HealthArgs),
+    /// Repair a mounted mirror now, or pick the replica to keep after a split brain.
+    Repair(RepairArgs),
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +71,17 @@ pub struct MountArgs {
     /// Log level or filter (error, warn, info, debug, trace).
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// Also make non-empty directories without mirrorfs metadata replicas. For a new
+    /// mirror their contents are kept (see --source); added to an existing mirror, their
+    /// contents are replaced by the mirror's.
+    #[arg(long)]
+    pub init: bool,
+
+    /// With --init, the replica whose contents a new mirror is built from, when several
+    /// hold data (the others' contents are replaced).
+    #[arg(long, value_name = "REPLICA", requires = "init")]
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -95,6 +108,22 @@ pub struct HealthArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+#[command(after_help = "\
+After a split brain (replicas that each changed while the other was away), keep one \
+replica's data: `mirrorfs repair --source KEEP OTHER...` with the mirror unmounted. The \
+other replicas lose their changes since they were last in sync and are compared in full \
+against KEEP at the next mount.")]
+pub struct RepairArgs {
+    /// The replica whose data is kept.
+    #[arg(long, value_name = "REPLICA", required = true)]
+    pub source: PathBuf,
+
+    /// The other replicas of the mirror.
+    #[arg(value_name = "REPLICA", required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
 /// Runs the command line and returns the process exit status.
 pub fn run() -> i32 {
     let cli = Cli::parse();
@@ -102,6 +131,7 @@ pub fn run() -> i32 {
         Command::Mount(args) => crate::mount::run(args).map(|()| 0),
         Command::Umount(args) => crate::umount::run(args).map(|()| 0),
         Command::Health(args) => crate::health::run(args),
+        Command::Repair(args) => crate::repair_cmd::run(args).map(|()| 0),
     };
     match result {
         Ok(status) => status,

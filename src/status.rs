@@ -45,6 +45,11 @@ pub struct ReplicaStatus {
     pub out_of_sync_count: usize,
     /// The first of those paths (at most [`OUT_OF_SYNC_LISTED`]).
     pub out_of_sync: Vec<OutOfSync>,
+    /// The replica must be compared in full against an in-sync one (it is new, was left
+    /// behind, or lost the other side of a split brain); until then it is not used.
+    pub needs_full: bool,
+    /// The generation of the data it holds (replicas in sync share one).
+    pub generation: String,
     /// Errors this replica returned while others succeeded, since mount.
     pub errors: u64,
     pub last_error: Option<LastError>,

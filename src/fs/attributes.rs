@@ -180,7 +180,7 @@ impl MirrorFs {
 
     /// Space of the mirror: what the smallest replica can hold, like a RAID-1 array.
     pub fn statfs(&self) -> io::Result<Statfs> {
-        let fanned = fanout::apply(&self.replicas, self.all(), |r| sys::fstatfs(r.root()));
+        let fanned = fanout::apply(&self.replicas, self.active(), |r| sys::fstatfs(r.root()));
         let verdict = fanned
             .verdict
             .as_ref()

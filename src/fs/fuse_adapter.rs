@@ -101,7 +101,7 @@ impl Filesystem for FuseMirror {
     }
 
     fn destroy(&mut self) {
-        self.0.sync_replicas();
+        self.0.shut_down();
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {

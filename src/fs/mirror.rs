@@ -16,6 +16,7 @@ use crate::fs::handles::{HandleTable, OpenDir, OpenFile};
 use fuser::FileType;
 
 use crate::fs::inode::{Ino, InodeTable, ROOT, ReplicaSet};
+use crate::fs::set::MirrorSet;
 use crate::replica::Replica;
 use crate::sys;
 
@@ -86,8 +87,8 @@ pub(crate) type NameGuards<'a> = Vec<RwLockWriteGuard<'a, ()>>;
 
 pub struct MirrorFs {
     pub(crate) replicas: Vec<Replica>,
-    /// Every replica, as a set.
-    all: ReplicaSet,
+    /// Which replicas take part, and their generations.
+    pub(crate) set: MirrorSet,
     table: Mutex<InodeTable>,
     pub(crate) files: HandleTable<OpenFile>,
     pub(crate) dirs: HandleTable<OpenDir>,
@@ -100,11 +101,10 @@ pub struct MirrorFs {
 }
 
 impl MirrorFs {
-    pub fn new(replicas: Vec<Replica>, options: FsOptions) -> MirrorFs {
-        let all = replicas.iter().fold(0, |s, r| s | (1 << r.index));
+    pub fn new(replicas: Vec<Replica>, options: FsOptions, set: MirrorSet) -> MirrorFs {
         MirrorFs {
             replicas,
-            all,
+            set,
             table: Mutex::new(InodeTable::new()),
             files: HandleTable::default(),
             dirs: HandleTable::default(),
@@ -142,12 +142,12 @@ impl MirrorFs {
 
     /// Replicas whose copy of `ino` is current.
     pub(crate) fn fresh(&self, ino: Ino) -> ReplicaSet {
-        self.table().fresh(ino, self.all)
+        self.table().fresh(ino, self.set.active())
     }
 
     /// Replicas whose listing of directory `ino` is current.
     pub(crate) fn fresh_entries(&self, ino: Ino) -> ReplicaSet {
-        self.table().fresh_entries(ino, self.all)
+        self.table().fresh_entries(ino, self.set.active())
     }
 
     /// The replicas of `set` in preference order.
@@ -266,8 +266,10 @@ impl MirrorFs {
         if replicas.is_empty() {
             return;
         }
+        let mut fallen: ReplicaSet = 0;
         let mut table = self.table();
         for &(index, errno) in replicas {
+            fallen |= 1 << index;
             let r = &self.replicas[index];
             // A node missing on a replica means its parent's listing differs there too.
             let missing_in: Vec<Scope> = if errno == libc::ENOENT {
@@ -300,6 +302,8 @@ impl MirrorFs {
                 r.record_error(op, path, errno);
             }
         }
+        drop(table);
+        self.set.fell_behind(&self.replicas, fallen);
     }
 
     /// Forgets replica-side state of inodes that left the table.
@@ -309,9 +313,9 @@ impl MirrorFs {
         }
     }
 
-    /// Every replica, as a set.
-    pub(crate) fn all(&self) -> ReplicaSet {
-        self.all
+    /// The replicas that take reads and writes, as a set.
+    pub(crate) fn active(&self) -> ReplicaSet {
+        self.set.active()
     }
 
     /// The name is not one the mount may create or address.
@@ -325,8 +329,20 @@ impl MirrorFs {
 }
 
 impl MirrorFs {
-    /// Flushes every replica's filesystem; called when the mount goes away.
-    pub fn sync_replicas(&self) {
+    /// The mount goes away: flush every replica's filesystem and record which replicas
+    /// end the session in sync.
+    pub fn shut_down(&self) {
+        self.sync_replicas();
+        let marked = self
+            .table()
+            .marks()
+            .iter()
+            .fold(0, |set, (_, data, entries)| set | data | entries);
+        self.set.clean_shutdown(&self.replicas, marked);
+    }
+
+    /// Flushes every replica's filesystem.
+    fn sync_replicas(&self) {
         for r in &self.replicas {
             let synced = sys::reopen(r.root(), libc::O_RDONLY | libc::O_DIRECTORY)
                 .and_then(|fd| sys::syncfs(fd.as_fd()));

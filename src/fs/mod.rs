@@ -11,6 +11,7 @@ pub mod inode;
 pub mod mirror;
 pub mod namespace;
 pub mod report;
+pub mod set;
 pub mod xattrs;
 
 pub use mirror::{FsOptions, MirrorFs};

@@ -115,7 +115,7 @@ impl MirrorFs {
         // A replica out of date for a known child may lack it, whatever its listing says.
         let set = {
             let t = self.table();
-            let all = self.all();
+            let all = self.active();
             let dir = t.fresh_entries(parent, all);
             t.child(parent, name).map_or(dir, |c| dir & t.fresh(c, all))
         };
@@ -305,7 +305,7 @@ impl MirrorFs {
         self.check_name(new_parent, new_name)?;
         let (targets, candidates) = {
             let t = self.table();
-            let all = self.all();
+            let all = self.active();
             let file = t.fresh(ino, all);
             let dir = t.fresh(new_parent, all);
             (file & dir, dir)
@@ -395,7 +395,7 @@ impl MirrorFs {
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         let (targets, candidates, moving, displaced, dir_moves) = {
             let t = self.table();
-            let all = self.all();
+            let all = self.active();
             let (a, b) = (t.fresh(parent, all), t.fresh(new_parent, all));
             let moving = t.child(parent, name);
             let displaced = t.child(new_parent, new_name);

@@ -19,6 +19,7 @@ impl MirrorFs {
                 .collect();
             (marks, paths)
         };
+        let (active, full) = (self.set.active(), self.set.needs_full());
         let replicas = self
             .replicas
             .iter()
@@ -44,11 +45,13 @@ impl MirrorFs {
                 ReplicaStatus {
                     index: r.index,
                     path: r.path.clone(),
-                    state: if count == 0 {
+                    state: if count == 0 && active & bit != 0 {
                         ReplicaState::InSync
                     } else {
                         ReplicaState::Degraded
                     },
+                    needs_full: full & bit != 0,
+                    generation: self.set.generation(r.index),
                     out_of_sync_count: count,
                     out_of_sync: out,
                     errors: r.error_count(),
@@ -68,7 +71,7 @@ impl MirrorFs {
             marks
                 .iter()
                 .zip(&paths)
-                .filter(|((ino, _, _), _)| table.fresh(*ino, self.all()) == 0)
+                .filter(|((ino, _, _), _)| table.fresh(*ino, self.active()) == 0)
                 .map(|(_, path)| path.clone())
                 .take(OUT_OF_SYNC_LISTED)
                 .collect()

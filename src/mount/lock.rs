@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::cli_error;
 use crate::error::CliError;
+use crate::membership::state::STATE_FILE;
 use crate::names::META_DIR;
 use crate::sys;
 
@@ -26,22 +27,26 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// Locks held for the life of the daemon; dropping them releases the replicas.
 #[derive(Debug)]
 pub struct ReplicaLocks {
-    _held: Vec<OwnedFd>,
+    held: Vec<OwnedFd>,
     /// Roots of the replicas whose metadata directory this mount created.
     created: Vec<OwnedFd>,
+    /// Indexes of the replicas that have no lock file yet.
+    missing: Vec<usize>,
 }
 
 impl ReplicaLocks {
     /// Removes the metadata this mount created, for a mount that did not come up.
-    pub fn undo_creation(self) {
-        for root in &self.created {
+    pub fn undo_creation(&mut self) {
+        for root in self.created.drain(..) {
             if let Ok(meta) = sys::openat(
                 root.as_fd(),
                 OsStr::new(META_DIR),
                 libc::O_PATH | libc::O_DIRECTORY,
                 0,
             ) {
-                let _ = sys::unlinkat(meta.as_fd(), OsStr::new(LOCK_FILE), false);
+                for file in [LOCK_FILE, STATE_FILE] {
+                    let _ = sys::unlinkat(meta.as_fd(), OsStr::new(file), false);
+                }
             }
             let _ = sys::unlinkat(root.as_fd(), OsStr::new(META_DIR), true);
         }
@@ -113,55 +118,62 @@ fn take(fd: &OwnedFd, replica: &Path) -> Result<(), CliError> {
     }
 }
 
-/// Locks every replica (given by path and root descriptor), creating the metadata
-/// directory where missing (not when `read_only`).
-pub fn lock_replicas(
-    replicas: &[PathBuf],
-    roots: &[OwnedFd],
-    read_only: bool,
-) -> Result<ReplicaLocks, CliError> {
-    let problem = |r: &Path, e: io::Error| {
-        let what = match e.raw_os_error() {
-            Some(libc::ELOOP) | Some(libc::ENOTDIR) => "exists but is not a directory".into(),
-            _ => sys::describe(&e),
-        };
-        cli_error!("replica {}: {META_DIR}: {what}", r.display())
+/// Locks every replica (given by path and root descriptor) that has a lock file already,
+/// and notes the ones that have none. Creates nothing.
+pub fn lock_existing(replicas: &[PathBuf], roots: &[OwnedFd]) -> Result<ReplicaLocks, CliError> {
+    let mut locks = ReplicaLocks {
+        held: Vec::new(),
+        created: Vec::new(),
+        missing: Vec::new(),
     };
-    let mut held = Vec::new();
-    let mut missing = Vec::new();
-    for (r, root) in replicas.iter().zip(roots) {
+    for (i, (r, root)) in replicas.iter().zip(roots).enumerate() {
         match existing_lock(root).map_err(|e| problem(r, e))? {
             Some(fd) => {
                 take(&fd, r)?;
-                held.push(fd);
+                locks.held.push(fd);
             }
-            None => missing.push((r, root)),
-        }
-    }
-    let mut locks = ReplicaLocks {
-        _held: held,
-        created: Vec::new(),
-    };
-    if !read_only {
-        for (r, root) in missing {
-            let (fd, made_dir) = match create_lock(root) {
-                Ok(made) => made,
-                Err(e) => {
-                    locks.undo_creation();
-                    return Err(problem(r, e));
-                }
-            };
-            if made_dir {
-                locks
-                    .created
-                    .push(root.try_clone().map_err(|e| problem(r, e))?);
-            }
-            if let Err(e) = take(&fd, r) {
-                locks.undo_creation();
-                return Err(e);
-            }
-            locks._held.push(fd);
+            None => locks.missing.push(i),
         }
     }
     Ok(locks)
+}
+
+fn problem(r: &Path, e: io::Error) -> CliError {
+    let what = match e.raw_os_error() {
+        Some(libc::ELOOP) | Some(libc::ENOTDIR) => "exists but is not a directory".into(),
+        _ => sys::describe(&e),
+    };
+    cli_error!("replica {}: {META_DIR}: {what}", r.display())
+}
+
+impl ReplicaLocks {
+    /// Creates the metadata directory and lock of the replicas that had none, and locks
+    /// them. On failure, removes what it created.
+    pub fn create_missing(
+        &mut self,
+        replicas: &[PathBuf],
+        roots: &[OwnedFd],
+    ) -> Result<(), CliError> {
+        for i in std::mem::take(&mut self.missing) {
+            let (r, root) = (&replicas[i], &roots[i]);
+            let made = create_lock(root)
+                .map_err(|e| problem(r, e))
+                .and_then(|(fd, made_dir)| {
+                    if made_dir {
+                        self.created
+                            .push(root.try_clone().map_err(|e| problem(r, e))?);
+                    }
+                    take(&fd, r)?;
+                    Ok(fd)
+                });
+            match made {
+                Ok(fd) => self.held.push(fd),
+                Err(e) => {
+                    self.undo_creation();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
 }

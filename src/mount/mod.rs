@@ -3,10 +3,11 @@
 
 mod daemon;
 mod kernel;
-mod lock;
+pub mod lock;
 pub mod options;
 pub mod plan;
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +20,13 @@ use crate::cli_error;
 use crate::control;
 use crate::error::CliError;
 use crate::fs::fuse_adapter::FuseMirror;
+use crate::fs::set::MirrorSet;
 use crate::fs::{FsOptions, MirrorFs};
 use crate::logging::LogFile;
+use crate::membership::{
+    self,
+    assemble::{Assembly, Role},
+};
 use crate::replica::Replica;
 use crate::runtime::{self, RuntimeInfo};
 use crate::sys;
@@ -91,7 +97,17 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
             )
         })?)
     };
-    let locks = lock::lock_replicas(&plan.replicas, &plan.roots, opts.read_only())?;
+    let mut locks = lock::lock_existing(&plan.replicas, &plan.roots)?;
+    let assembly = assemble(&plan, &args)?;
+    if !opts.read_only() {
+        let recorded = locks
+            .create_missing(&plan.replicas, &plan.roots)
+            .and_then(|()| record(&plan, &assembly));
+        if let Err(e) = recorded {
+            locks.undo_creation();
+            return Err(e);
+        }
+    }
     let mut ready = match &log {
         Some(log) => match log
             .try_clone_file()
@@ -107,7 +123,7 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         None => None,
     };
     crate::logging::init(&args.log_level, log.clone());
-    let mounted = match start(plan, &opts, config, fs_options, log) {
+    let mounted = match start(plan, &opts, config, fs_options, log, &assembly) {
         Ok(m) => m,
         Err(e) => {
             if let Some(r) = ready.as_mut() {
@@ -123,6 +139,34 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
     let result = mounted.serve();
     drop(locks);
     result
+}
+
+/// Reads what the replicas say about themselves and decides the session's roles.
+fn assemble(plan: &MountPlan, args: &MountArgs) -> Result<Assembly, CliError> {
+    let given = membership::read_given(&plan.replicas, &plan.roots)
+        .map_err(|e| cli_error!("cannot read replica metadata: {}", sys::describe(&e)))?;
+    let source = match &args.source {
+        Some(p) => Some(
+            std::fs::canonicalize(p)
+                .map_err(|e| cli_error!("--source {}: {}", p.display(), sys::describe(&e)))?,
+        ),
+        None => None,
+    };
+    membership::assemble::assemble(&given, args.init, source.as_ref()).map_err(CliError::new)
+}
+
+/// Records each replica's state for the session, durably, before it is mounted.
+fn record(plan: &MountPlan, assembly: &Assembly) -> Result<(), CliError> {
+    for ((path, root), state) in plan.replicas.iter().zip(&plan.roots).zip(&assembly.states) {
+        state.save(root.as_fd()).map_err(|e| {
+            cli_error!(
+                "replica {}: cannot record its state: {}",
+                path.display(),
+                sys::describe(&e)
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// Blocks the signals the daemon handles itself (SIGINT, SIGTERM: unmount; SIGHUP: reopen
@@ -218,6 +262,7 @@ fn start(
     config: Config,
     fs_options: FsOptions,
     log: Option<LogFile>,
+    assembly: &Assembly,
 ) -> Result<Mounted, CliError> {
     // Files mirrorfs itself creates (runtime records) get ordinary permissions; see
     // `Mounted::serve` for the umask used while serving.
@@ -237,7 +282,16 @@ fn start(
         .enumerate()
         .map(|(i, (p, root))| Replica::new(i, p, root))
         .collect();
-    let fs = Arc::new(MirrorFs::new(replicas, fs_options));
+    for note in &assembly.notes {
+        info!("{note}");
+    }
+    for (path, role) in paths.iter().zip(&assembly.roles) {
+        if *role != Role::InSync {
+            warn!(replica = %path.display(), "replica is not in sync; it is not used until it is repaired");
+        }
+    }
+    let set = MirrorSet::new(assembly, opts.read_only());
+    let fs = Arc::new(MirrorFs::new(replicas, fs_options, set));
     let dev = kernel::mount(&mount_point, &name, opts).map_err(|e| {
         let hint = if e.raw_os_error() == Some(libc::EPERM) {
             " (mounting needs root)"

@@ -76,8 +76,9 @@ fn directory(role: &str, path: &Path) -> Result<(OwnedFd, PathBuf, (u64, u64)), 
     Ok((fd, canonical, (st.st_dev, st.st_ino)))
 }
 
-pub fn plan(paths: &[PathBuf]) -> Result<MountPlan, CliError> {
-    let (given, mount_point) = split(paths)?;
+/// Opens replica directories: each must exist, be a directory, be given once, and not lie
+/// inside another. Returns their canonical paths and root descriptors.
+pub fn open_replicas(given: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<OwnedFd>), CliError> {
     if given.len() > MAX_REPLICAS {
         return Err(cli_error!(
             "{} replicas given; a mirror has at most {MAX_REPLICAS}",
@@ -86,7 +87,7 @@ pub fn plan(paths: &[PathBuf]) -> Result<MountPlan, CliError> {
     }
     let mut replicas: Vec<(PathBuf, (u64, u64))> = Vec::new();
     let mut roots = Vec::new();
-    for path in &given {
+    for path in given {
         let (fd, canonical, id) = directory("replica", path)?;
         if let Some((other, _)) = replicas.iter().find(|(p, i)| *p == canonical || *i == id) {
             return Err(cli_error!(
@@ -109,6 +110,12 @@ pub fn plan(paths: &[PathBuf]) -> Result<MountPlan, CliError> {
             }
         }
     }
+    Ok((replicas.into_iter().map(|(p, _)| p).collect(), roots))
+}
+
+pub fn plan(paths: &[PathBuf]) -> Result<MountPlan, CliError> {
+    let (given, mount_point) = split(paths)?;
+    let (replicas, roots) = open_replicas(&given)?;
     let (_, mount_point, _) = directory("mount point", &mount_point)?;
     let mounted = mountinfo::mounted_at(&mount_point)
         .map_err(|e| cli_error!("cannot read the mount table: {}", crate::sys::describe(&e)))?;
@@ -120,7 +127,7 @@ pub fn plan(paths: &[PathBuf]) -> Result<MountPlan, CliError> {
             m.source
         ));
     }
-    for (r, _) in &replicas {
+    for r in &replicas {
         if mount_point.starts_with(r) {
             return Err(cli_error!(
                 "mount point {} is inside replica {}",
@@ -137,7 +144,7 @@ pub fn plan(paths: &[PathBuf]) -> Result<MountPlan, CliError> {
         }
     }
     Ok(MountPlan {
-        replicas: replicas.into_iter().map(|(p, _)| p).collect(),
+        replicas,
         roots,
         mount_point,
     })

@@ -142,7 +142,9 @@ fn a_read_only_mount_changes_nothing() {
     let out = Command::new(BIN)
         .args(["mount", &list])
         .arg(&mnt)
-        .args(["-o", "ro", "--log-file"])
+        .args(["-o", "ro", "--init", "--source"])
+        .arg(&a)
+        .arg("--log-file")
         .arg(t.path().join("log"))
         .output()
         .unwrap();

@@ -10,6 +10,7 @@ mod divergence;
 mod errnos;
 mod files;
 mod lifecycle;
+mod membership;
 mod metadata;
 mod namespace;
 mod permissions;

@@ -1,0 +1,166 @@
+//! The mirror set while mounted: which replicas take part in reads and writes, and the
+//! generation each has on record.
+//!
+//! A replica is *active* when it takes writes (and reads where it is current); one that
+//! must first be compared in full, or one that failed, is not. A replica is *current* when
+//! its recorded generation is the head's: it holds every change, as far as the record
+//! goes. The moment a current replica falls out of sync (its first out-of-sync mark, or a
+//! failure), the replicas still current move to a new generation and record it durably
+//! before the change it missed is acknowledged: after a crash, the replica left behind is
+//! known to be behind. When repair brings it back in sync, it takes the head generation.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tracing::{info, warn};
+
+use crate::fs::inode::ReplicaSet;
+use crate::membership::assemble::{Assembly, Role};
+use crate::membership::state::ReplicaState;
+use crate::replica::Replica;
+
+#[derive(Debug)]
+pub struct MirrorSet {
+    /// Per replica, the state on record.
+    states: Mutex<Vec<ReplicaState>>,
+    active: AtomicU32,
+    current: AtomicU32,
+    /// Replicas that must be compared in full before they are used.
+    full: AtomicU32,
+    /// A read-only mount records nothing.
+    read_only: bool,
+}
+
+fn set_of(roles: &[Role], want: impl Fn(Role) -> bool) -> ReplicaSet {
+    roles
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| want(**r))
+        .fold(0, |s, (i, _)| s | (1 << i))
+}
+
+impl MirrorSet {
+    pub fn new(assembly: &Assembly, read_only: bool) -> MirrorSet {
+        let in_sync = set_of(&assembly.roles, |r| r == Role::InSync);
+        MirrorSet {
+            states: Mutex::new(assembly.states.clone()),
+            active: AtomicU32::new(in_sync),
+            current: AtomicU32::new(in_sync),
+            full: AtomicU32::new(set_of(&assembly.roles, |r| r != Role::InSync)),
+            read_only,
+        }
+    }
+
+    /// Replicas that take reads and writes.
+    pub fn active(&self) -> ReplicaSet {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Replicas that hold every change on record.
+    pub fn current(&self) -> ReplicaSet {
+        self.current.load(Ordering::Acquire)
+    }
+
+    /// Replicas waiting for a full comparison.
+    pub fn needs_full(&self) -> ReplicaSet {
+        self.full.load(Ordering::Acquire)
+    }
+
+    /// The generation `index` has on record, for status output.
+    pub fn generation(&self, index: usize) -> String {
+        self.states.lock().expect("set lock")[index]
+            .generation
+            .clone()
+    }
+
+    /// `replicas` just fell out of sync. Those of them that were current stop being so,
+    /// and the replicas still current move to a new generation, recorded before this
+    /// returns.
+    pub fn fell_behind(&self, replicas: &[Replica], fallen: ReplicaSet) {
+        let was = self.current.fetch_and(!fallen, Ordering::AcqRel);
+        let left = was & fallen;
+        if left == 0 {
+            return;
+        }
+        let still = was & !fallen;
+        if still == 0 || self.read_only {
+            return;
+        }
+        let mut states = self.states.lock().expect("set lock");
+        let Some(first) = (0..states.len()).find(|i| still & (1 << i) != 0) else {
+            return;
+        };
+        let mut head = states[first].clone();
+        head.advance();
+        for r in replicas.iter().filter(|r| still & (1 << r.index) != 0) {
+            let mut st = head.clone();
+            st.replica = states[r.index].replica.clone();
+            match st.save(r.root()) {
+                Ok(()) => states[r.index] = st,
+                Err(e) => warn!(
+                    replica = %r.path.display(),
+                    error = %crate::sys::describe(&e),
+                    "cannot record the new generation"
+                ),
+            }
+        }
+        info!(generation = %head.generation, "in-sync replicas moved to a new generation");
+    }
+
+    /// Replica `index` holds every change again: it takes the head generation and takes
+    /// part in everything.
+    pub fn caught_up(&self, replica: &Replica) {
+        let index = replica.index;
+        if !self.read_only {
+            let mut states = self.states.lock().expect("set lock");
+            let current = self.current();
+            if let Some(head) = (0..states.len()).find(|i| current & (1 << i) != 0) {
+                let head = states[head].clone();
+                let mut st = states[index].clone();
+                st.catch_up(&head);
+                st.clean = false;
+                match st.save(replica.root()) {
+                    Ok(()) => states[index] = st,
+                    Err(e) => {
+                        warn!(
+                            replica = %replica.path.display(),
+                            error = %crate::sys::describe(&e),
+                            "cannot record that the replica is in sync"
+                        );
+                        return;
+                    }
+                }
+            }
+        }
+        self.full.fetch_and(!(1 << index), Ordering::AcqRel);
+        self.current.fetch_or(1 << index, Ordering::AcqRel);
+        self.active.fetch_or(1 << index, Ordering::AcqRel);
+    }
+
+    /// The session ends cleanly: current replicas without out-of-sync marks record it;
+    /// any other replica is marked for a full comparison (the record of what it missed
+    /// lives only in memory).
+    pub fn clean_shutdown(&self, replicas: &[Replica], marked: ReplicaSet) {
+        if self.read_only {
+            return;
+        }
+        let current = self.current();
+        let mut states = self.states.lock().expect("set lock");
+        for r in replicas {
+            let bit = 1 << r.index;
+            let st = &mut states[r.index];
+            if current & bit != 0 && marked & bit == 0 {
+                st.clean = true;
+            } else {
+                st.needs_full = true;
+            }
+            if let Err(e) = st.save(r.root()) {
+                warn!(
+                    replica = %r.path.display(),
+                    error = %crate::sys::describe(&e),
+                    "cannot record the clean shutdown"
+                );
+            }
+        }
+    }
+}
