@@ -2,10 +2,10 @@
 //!
 //! The first line is `MIRRORFS <STATE> - <summary> | <perfdata>`; one line per replica
 //! follows. The exit status is the Nagios/Icinga convention: 0 OK (every replica in
-//! sync), 1 WARNING (a replica is degraded, every path still readable), 2 CRITICAL (some
-//! path is readable from no replica, or the daemon is gone or not answering), 3 UNKNOWN
-//! (not a mirrorfs mount, or the state cannot be read). It never waits more than a few
-//! seconds. `--json` prints the same as one JSON object.
+//! sync), 1 WARNING (a replica is degraded or failed, every path still readable), 2
+//! CRITICAL (some path is readable from no replica, or the daemon is gone or not
+//! answering), 3 UNKNOWN (not a mirrorfs mount, or the state cannot be read). It never
+//! waits more than a few seconds. `--json` prints the same as one JSON object.
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::cli::HealthArgs;
 use crate::error::CliError;
-use crate::status::MirrorStatus;
+use crate::status::{MirrorStatus, ReplicaState, ReplicaStatus};
 use crate::{control, mountinfo};
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
@@ -35,6 +35,15 @@ impl Level {
             Level::Unknown => 3,
         }
     }
+
+    fn name(self) -> &'static str {
+        match self {
+            Level::Ok => "OK",
+            Level::Warning => "WARNING",
+            Level::Critical => "CRITICAL",
+            Level::Unknown => "UNKNOWN",
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -45,13 +54,50 @@ struct Report {
     daemon: Option<MirrorStatus>,
 }
 
-fn check(mount_point: &Path) -> Report {
-    let report = |status: Level, summary: String, daemon| Report {
+fn report(status: Level, summary: String, daemon: Option<MirrorStatus>) -> Report {
+    Report {
         status,
         exit_code: status.code(),
         summary,
         daemon,
-    };
+    }
+}
+
+/// The level and summary a daemon's status deserves.
+fn judge(s: &MirrorStatus) -> (Level, String) {
+    let total = s.replicas.len();
+    let failed = s.count(ReplicaState::Failed);
+    let degraded = s.count(ReplicaState::Degraded);
+    if failed == total {
+        return (
+            Level::Critical,
+            format!("all {total} replicas failed; data is unavailable"),
+        );
+    }
+    if !s.unavailable.is_empty() {
+        return (
+            Level::Critical,
+            format!(
+                "{} paths readable from no replica, e.g. {}",
+                s.unavailable.len(),
+                s.unavailable[0]
+            ),
+        );
+    }
+    if failed + degraded == 0 {
+        return (Level::Ok, format!("{total}/{total} replicas in sync"));
+    }
+    let mut parts = Vec::new();
+    if degraded > 0 {
+        parts.push(format!("{degraded}/{total} replicas degraded"));
+    }
+    if failed > 0 {
+        parts.push(format!("{failed}/{total} failed"));
+    }
+    (Level::Warning, parts.join(", "))
+}
+
+fn check(mount_point: &Path) -> Report {
     match mountinfo::mounted_at(mount_point) {
         Ok(Some(m)) if m.fs_type == mountinfo::FS_TYPE => {}
         Ok(_) => {
@@ -61,41 +107,29 @@ fn check(mount_point: &Path) -> Report {
                 None,
             );
         }
-        Err(e) => return report(Level::Unknown, format!("cannot read mounts: {e}"), None),
-    }
-    let status = match control::status(mount_point) {
-        Ok(s) => s,
         Err(e) => {
             return report(
-                Level::Critical,
-                format!(
-                    "the daemon of {} is not answering: {e}",
-                    mount_point.display()
-                ),
+                Level::Unknown,
+                format!("cannot read mounts: {}", crate::sys::describe(&e)),
                 None,
             );
         }
-    };
-    let total = status.replicas.len();
-    let degraded = status.degraded();
-    let (level, summary) = if !status.unavailable.is_empty() {
-        (
+    }
+    match control::status(mount_point) {
+        Ok(s) => {
+            let (level, summary) = judge(&s);
+            report(level, summary, Some(s))
+        }
+        Err(e) => report(
             Level::Critical,
             format!(
-                "{} paths readable from no replica, e.g. {}",
-                status.unavailable.len(),
-                status.unavailable[0]
+                "the daemon of {} is not answering: {}",
+                mount_point.display(),
+                crate::sys::describe(&e)
             ),
-        )
-    } else if degraded > 0 {
-        (
-            Level::Warning,
-            format!("{degraded}/{total} replicas degraded"),
-        )
-    } else {
-        (Level::Ok, format!("{total}/{total} replicas in sync"))
-    };
-    report(level, summary, Some(status))
+            None,
+        ),
+    }
 }
 
 fn ago(time: u64) -> String {
@@ -105,42 +139,77 @@ fn ago(time: u64) -> String {
     format!("{}s ago", now.saturating_sub(time))
 }
 
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn replica_line(r: &ReplicaStatus) -> String {
+    let state = match r.state {
+        ReplicaState::InSync => "in-sync".to_string(),
+        ReplicaState::Degraded => "degraded".to_string(),
+        ReplicaState::Failed => match &r.failure {
+            Some(f) => format!("failed {} ({})", ago(f.since), f.reason),
+            None => "failed".to_string(),
+        },
+    };
+    let mut l = format!("replica {} {}: {state}", r.index, r.path.display());
+    if r.needs_full {
+        l.push_str(", needs a full comparison");
+    }
+    l.push_str(&format!(", {} paths out of sync", r.out_of_sync_count));
+    if r.errors > 0 {
+        let kinds: Vec<String> = r
+            .errors_by_kind
+            .iter()
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect();
+        l.push_str(&format!(", errors {}", kinds.join(" ")));
+    }
+    if let Some(e) = &r.last_error {
+        l.push_str(&format!(
+            ", last error: {} {}: {} ({})",
+            e.op,
+            e.path,
+            e.error,
+            ago(e.time)
+        ));
+    }
+    l.push_str(&format!(
+        ", latency read {:.2} ms write {:.2} ms, {} free",
+        r.read_latency_us / 1000.0,
+        r.write_latency_us / 1000.0,
+        bytes(r.free_bytes)
+    ));
+    l
+}
+
 fn print_text(r: &Report) {
-    let name = serde_json::to_value(r.status).expect("serializable");
-    let mut line = format!(
-        "MIRRORFS {} - {}",
-        name.as_str().unwrap_or("UNKNOWN"),
-        r.summary
-    );
+    let mut line = format!("MIRRORFS {} - {}", r.status.name(), r.summary);
     if let Some(d) = &r.daemon {
-        let (total, degraded) = (d.replicas.len(), d.degraded());
+        let total = d.replicas.len();
         let paths: usize = d.replicas.iter().map(|x| x.out_of_sync_count).sum();
         line.push_str(&format!(
-            " | 'degraded'={degraded};0;1;0;{total} 'out_of_sync_paths'={paths};;;0"
+            " | 'degraded'={};0;1;0;{total} 'failed'={};0;1;0;{total} \
+             'out_of_sync_paths'={paths};;;0",
+            d.count(ReplicaState::Degraded),
+            d.count(ReplicaState::Failed),
         ));
     }
     println!("{line}");
     if let Some(d) = &r.daemon {
         for rep in &d.replicas {
-            let state = serde_json::to_value(rep.state).expect("serializable");
-            let mut l = format!(
-                "replica {} {}: {}, {} paths out of sync, {} errors",
-                rep.index,
-                rep.path.display(),
-                state.as_str().unwrap_or("?"),
-                rep.out_of_sync_count,
-                rep.errors
-            );
-            if let Some(e) = &rep.last_error {
-                l.push_str(&format!(
-                    ", last: {} {}: {} ({})",
-                    e.op,
-                    e.path,
-                    e.error,
-                    ago(e.time)
-                ));
-            }
-            println!("{l}");
+            println!("{}", replica_line(rep));
         }
     }
 }

@@ -1,21 +1,23 @@
 //! One backing directory of the mirror and the state mirrorfs keeps about it.
 //!
-//! A replica is addressed only through the descriptor of its root, opened once at mount,
-//! and through directory descriptors resolved beneath it with `openat2(RESOLVE_BENEATH |
+//! A replica is addressed only through the descriptor of its root, opened at mount, and
+//! through directory descriptors resolved beneath it with `openat2(RESOLVE_BENEATH |
 //! RESOLVE_NO_SYMLINKS)`: nothing a replica contains can make mirrorfs touch a file outside
 //! it. Resolved directories are cached per inode (a descriptor follows its directory
-//! through renames), bounded in number.
+//! through renames), bounded in number. The root descriptor is replaced when the replica's
+//! filesystem comes back after it vanished.
 //!
-//! The per-replica error counters live here too; which paths a replica is out of sync for
-//! lives in the inode table, next to the paths themselves.
+//! The replica's health lives here too: whether it failed and why, errors by kind, the
+//! last error, measured latencies and free space. Which paths it is out of sync for lives
+//! in the inode table, next to the paths themselves.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 
 use crate::fs::inode::{Ino, ROOT};
 use crate::sys;
@@ -32,15 +34,71 @@ pub struct ErrorRecord {
     pub errno: i32,
 }
 
+/// Why a replica stopped being used.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub since: SystemTime,
+    /// The errno that failed it, 0 when its root directory went away.
+    pub errno: i32,
+    pub reason: String,
+}
+
+/// A moving average of latencies, in microseconds (0: nothing measured yet).
+#[derive(Debug, Default)]
+pub struct Latency(AtomicU64);
+
+impl Latency {
+    /// Weight of a new sample.
+    const ALPHA: f64 = 0.2;
+
+    pub fn record(&self, took: Duration) {
+        let sample = took.as_secs_f64() * 1e6;
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                let old = f64::from_bits(old);
+                let new = if old == 0.0 {
+                    sample
+                } else {
+                    old + Self::ALPHA * (sample - old)
+                };
+                Some(new.max(f64::MIN_POSITIVE).to_bits())
+            });
+    }
+
+    pub fn micros(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// Whether `dir` (open as `fd`) lies on another filesystem than its parent directory.
+pub fn is_mount_root(dir: &Path, fd: &OwnedFd) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let parent = dir.parent().unwrap_or(dir);
+    match (sys::fstat(fd.as_fd()), std::fs::metadata(parent)) {
+        (Ok(st), Ok(p)) => st.st_dev != p.dev(),
+        _ => false,
+    }
+}
+
 #[derive(Debug)]
 pub struct Replica {
     pub index: usize,
     /// The directory as given at mount, made absolute.
     pub path: PathBuf,
-    root: OwnedFd,
+    /// The replica was the root of a filesystem of its own when mounted: it comes back
+    /// only as one (never as the bare directory the filesystem was mounted on).
+    pub own_filesystem: bool,
+    root: RwLock<Arc<OwnedFd>>,
     dirs: Mutex<HashMap<Ino, Arc<OwnedFd>>>,
-    errors: AtomicU64,
+    errors: Mutex<BTreeMap<i32, u64>>,
     last_error: Mutex<Option<ErrorRecord>>,
+    failure: Mutex<Option<Failure>>,
+    pub read_latency: Latency,
+    pub write_latency: Latency,
+    free_bytes: AtomicU64,
+    /// The lock on a root that replaced the one locked at mount.
+    lock: Mutex<Option<OwnedFd>>,
 }
 
 impl Replica {
@@ -50,15 +108,30 @@ impl Replica {
         Replica {
             index,
             path: path.to_path_buf(),
-            root,
+            own_filesystem: is_mount_root(path, &root),
+            root: RwLock::new(Arc::new(root)),
             dirs: Mutex::new(HashMap::new()),
-            errors: AtomicU64::new(0),
+            errors: Mutex::new(BTreeMap::new()),
             last_error: Mutex::new(None),
+            failure: Mutex::new(None),
+            read_latency: Latency::default(),
+            write_latency: Latency::default(),
+            free_bytes: AtomicU64::new(0),
+            lock: Mutex::new(None),
         }
     }
 
-    pub fn root(&self) -> BorrowedFd<'_> {
-        self.root.as_fd()
+    /// The root directory's descriptor.
+    pub fn root(&self) -> Arc<OwnedFd> {
+        self.root.read().expect("root lock").clone()
+    }
+
+    /// Serves the replica from a new root directory (its filesystem came back), holding
+    /// `lock` on it; every cached descriptor of the old one is dropped.
+    pub fn replace_root(&self, root: OwnedFd, lock: OwnedFd) {
+        *self.root.write().expect("root lock") = Arc::new(root);
+        *self.lock.lock().expect("lock lock") = Some(lock);
+        self.dirs.lock().expect("dir cache lock").clear();
     }
 
     /// The cached `O_PATH` descriptor of directory `ino`, if any.
@@ -69,11 +142,12 @@ impl Replica {
     /// Opens directory `ino` at `path` (relative to the root, empty for the root itself)
     /// beneath the root, and caches the descriptor.
     pub fn open_dir(&self, ino: Ino, path: &Path) -> io::Result<Arc<OwnedFd>> {
+        let root = self.root();
         let fd = if ino == ROOT {
-            self.root.try_clone()?
+            root.try_clone()?
         } else {
             sys::open_beneath(
-                self.root(),
+                root.as_fd(),
                 path.as_os_str(),
                 libc::O_PATH | libc::O_DIRECTORY,
             )?
@@ -91,8 +165,7 @@ impl Replica {
         Ok(fd)
     }
 
-    /// Forgets cached descriptors of inodes that left the table or whose directory was
-    /// removed.
+    /// Forgets cached descriptors of inodes that left the table.
     pub fn forget_dirs(&self, inos: &[Ino]) {
         if inos.is_empty() {
             return;
@@ -103,9 +176,14 @@ impl Replica {
         }
     }
 
-    /// Counts an error this replica returned while the others did not.
+    /// Counts an error this replica returned (errno 0: it was skipped) while others did not.
     pub fn record_error(&self, op: &'static str, path: String, errno: i32) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
+        *self
+            .errors
+            .lock()
+            .expect("error lock")
+            .entry(errno)
+            .or_default() += 1;
         *self.last_error.lock().expect("error lock") = Some(ErrorRecord {
             at: SystemTime::now(),
             op,
@@ -114,11 +192,43 @@ impl Replica {
         });
     }
 
-    pub fn error_count(&self) -> u64 {
-        self.errors.load(Ordering::Relaxed)
+    /// Errors so far, by errno (0: changes it was skipped for).
+    pub fn errors(&self) -> BTreeMap<i32, u64> {
+        self.errors.lock().expect("error lock").clone()
     }
 
     pub fn last_error(&self) -> Option<ErrorRecord> {
         self.last_error.lock().expect("error lock").clone()
+    }
+
+    /// Records that the replica failed; returns false if it had already.
+    pub fn set_failed(&self, errno: i32, reason: String) -> bool {
+        let mut f = self.failure.lock().expect("failure lock");
+        if f.is_some() {
+            return false;
+        }
+        *f = Some(Failure {
+            since: SystemTime::now(),
+            errno,
+            reason,
+        });
+        true
+    }
+
+    /// The replica works again.
+    pub fn clear_failure(&self) {
+        *self.failure.lock().expect("failure lock") = None;
+    }
+
+    pub fn failure(&self) -> Option<Failure> {
+        self.failure.lock().expect("failure lock").clone()
+    }
+
+    pub fn set_free_bytes(&self, bytes: u64) {
+        self.free_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    pub fn free_bytes(&self) -> u64 {
+        self.free_bytes.load(Ordering::Relaxed)
     }
 }

@@ -1,6 +1,8 @@
 //! The state of a mounted mirror as the daemon reports it over the control channel; the
-//! same structure is what `mirrorfs health --json` prints (under `"daemon"`).
+//! same structure is what `mirrorfs health --json` prints (under `"daemon"`). Field names
+//! are stable: scripts and exporters read them.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -11,8 +13,11 @@ use serde::{Deserialize, Serialize};
 pub enum ReplicaState {
     /// Holds every change.
     InSync,
-    /// Missed changes on some paths; it is not read from for those paths.
+    /// Missed changes on some paths, or must be compared in full; not read from where it
+    /// is out of date; repair is pending or running.
     Degraded,
+    /// Not reachable or refusing writes: skipped entirely until it works again.
+    Failed,
 }
 
 /// A path a replica is out of sync for.
@@ -36,29 +41,48 @@ pub struct LastError {
     pub error: String,
 }
 
+/// Why a replica failed.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FailureInfo {
+    /// Seconds since the Unix epoch.
+    pub since: u64,
+    /// The errno that failed it; 0 when its root directory went away.
+    pub errno: i32,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ReplicaStatus {
     pub index: usize,
     pub path: PathBuf,
     pub state: ReplicaState,
+    pub failure: Option<FailureInfo>,
+    /// The replica must be compared in full against an in-sync one (it is new, was left
+    /// behind, came back after vanishing, or lost the other side of a split brain); until
+    /// then it is not used.
+    pub needs_full: bool,
+    /// The generation of the data it holds (replicas in sync share one).
+    pub generation: String,
     /// Number of paths this replica is out of sync for.
     pub out_of_sync_count: usize,
     /// The first of those paths (at most [`OUT_OF_SYNC_LISTED`]).
     pub out_of_sync: Vec<OutOfSync>,
-    /// The replica must be compared in full against an in-sync one (it is new, was left
-    /// behind, or lost the other side of a split brain); until then it is not used.
-    pub needs_full: bool,
-    /// The generation of the data it holds (replicas in sync share one).
-    pub generation: String,
     /// Errors this replica returned while others succeeded, since mount.
     pub errors: u64,
+    /// The same, by errno name (EIO, ENOSPC, ...).
+    pub errors_by_kind: BTreeMap<String, u64>,
     pub last_error: Option<LastError>,
+    /// Moving averages of operation latency, in microseconds (0: not measured yet).
+    pub read_latency_us: f64,
+    pub write_latency_us: f64,
+    /// Space available on the replica's filesystem.
+    pub free_bytes: u64,
 }
 
 /// How many out-of-sync paths a status lists per replica.
 pub const OUT_OF_SYNC_LISTED: usize = 100;
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct MirrorStatus {
     pub mount_point: PathBuf,
     pub pid: u32,
@@ -68,11 +92,8 @@ pub struct MirrorStatus {
 }
 
 impl MirrorStatus {
-    /// How many replicas are not in sync.
-    pub fn degraded(&self) -> usize {
-        self.replicas
-            .iter()
-            .filter(|r| r.state != ReplicaState::InSync)
-            .count()
+    /// How many replicas are in `state`.
+    pub fn count(&self, state: ReplicaState) -> usize {
+        self.replicas.iter().filter(|r| r.state == state).count()
     }
 }

@@ -94,14 +94,14 @@ pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> io::R
 /// Opens `dir/name` with `flags` only if it is a regular file, so that a device node or
 /// FIFO planted on a replica is never opened for I/O: the name is first opened `O_PATH`
 /// (not following a symlink), checked, then reopened. A directory gives EISDIR, a symlink
-/// ELOOP, anything else EIO.
+/// ELOOP, anything else ENXIO.
 pub fn open_regular(dir: BorrowedFd<'_>, name: &OsStr, flags: i32) -> io::Result<OwnedFd> {
     let fd = openat(dir, name, libc::O_PATH, 0)?;
     let errno = match fstat(fd.as_fd())?.st_mode & libc::S_IFMT {
         libc::S_IFREG => return reopen(fd.as_fd(), flags),
         libc::S_IFDIR => libc::EISDIR,
         libc::S_IFLNK => libc::ELOOP,
-        _ => libc::EIO,
+        _ => libc::ENXIO,
     };
     Err(io::Error::from_raw_os_error(errno))
 }
@@ -654,7 +654,6 @@ pub fn is_fault(errno: i32) -> bool {
             | libc::ENOTCONN
             | libc::ESTALE
             | libc::ENODEV
-            | libc::ENXIO
             | libc::ETIMEDOUT
             | libc::EHOSTDOWN
             | libc::EHOSTUNREACH
@@ -681,6 +680,49 @@ pub fn describe(e: &io::Error) -> String {
         Some(errno) => strerror(errno),
         None => e.to_string(),
     }
+}
+
+/// The symbolic name of an errno (`ENOSPC`), or `E<n>`; 0 is a change a replica was
+/// skipped for.
+pub fn errno_name(errno: i32) -> String {
+    let name = match errno {
+        0 => "skipped",
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EIO => "EIO",
+        libc::ENXIO => "ENXIO",
+        libc::EBADF => "EBADF",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EEXIST => "EEXIST",
+        libc::EXDEV => "EXDEV",
+        libc::ENODEV => "ENODEV",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::EINVAL => "EINVAL",
+        libc::EFBIG => "EFBIG",
+        libc::ENOSPC => "ENOSPC",
+        libc::EROFS => "EROFS",
+        libc::EMLINK => "EMLINK",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::ENOTEMPTY => "ENOTEMPTY",
+        libc::ELOOP => "ELOOP",
+        libc::ENODATA => "ENODATA",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ENOTCONN => "ENOTCONN",
+        libc::ESTALE => "ESTALE",
+        libc::EDQUOT => "EDQUOT",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::EHOSTDOWN => "EHOSTDOWN",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::ENOLINK => "ENOLINK",
+        libc::EREMOTEIO => "EREMOTEIO",
+        libc::EUCLEAN => "EUCLEAN",
+        other => return format!("E{other}"),
+    };
+    name.to_string()
 }
 
 /// The errno of an `io::Error`, EIO for errors that carry none.
@@ -738,7 +780,7 @@ mod tests {
         assert_eq!(errno("d"), Some(libc::EISDIR));
         assert_eq!(errno("l"), Some(libc::ELOOP));
         // A FIFO without a reader would block an ordinary open for writing.
-        assert_eq!(errno("p"), Some(libc::EIO));
+        assert_eq!(errno("p"), Some(libc::ENXIO));
         assert_eq!(errno("f"), None);
     }
 }

@@ -107,7 +107,7 @@ impl MirrorFs {
         let set = self.fresh(ino);
         let st = self.read_any("getattr", set, Scope::Data(ino), |r| {
             match handle.as_ref().and_then(|h| h.fd(r.index)) {
-                Some(fd) => sys::fstat(fd),
+                Some(fd) => sys::fstat(fd.as_fd()),
                 None => self.stat_on(r, ino),
             }
         })?;
@@ -135,11 +135,16 @@ impl MirrorFs {
                 Ok(())
             })
         });
-        self.diverged("setattr", &fanned.diverged, &[Scope::Data(ino)]);
+        self.settle(
+            "setattr",
+            fanned.verdict.is_ok(),
+            &fanned.diverged,
+            &[Scope::Data(ino)],
+        );
         let winner = fanned.verdict?;
         let r = &self.replicas[winner];
         let st = match handle.as_ref().and_then(|h| h.fd(winner)) {
-            Some(fd) => sys::fstat(fd)?,
+            Some(fd) => sys::fstat(fd.as_fd())?,
             None => self.stat_on(r, ino)?,
         };
         Ok(attr::file_attr(ino, &st))
@@ -156,7 +161,7 @@ impl MirrorFs {
         f: impl FnOnce(Object<'_>) -> io::Result<T>,
     ) -> io::Result<T> {
         if let Some(fd) = handle.and_then(|h| h.fd(r.index)) {
-            return f(Object::Fd(fd));
+            return f(Object::Fd(fd.as_fd()));
         }
         if self.table().kind(ino) == Some(FileType::Directory) {
             // A directory's own descriptor follows it through renames.
@@ -167,7 +172,8 @@ impl MirrorFs {
             let open = self
                 .any_handle(r, ino)
                 .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
-            return f(Object::Fd(open.fd(r.index).expect("any_handle has one")));
+            let fd = open.fd(r.index).expect("any_handle has one");
+            return f(Object::Fd(fd.as_fd()));
         }
         self.with_name(r, ino, |dir, name| f(Object::At(dir, name)))
     }
@@ -180,7 +186,9 @@ impl MirrorFs {
 
     /// Space of the mirror: what the smallest replica can hold, like a RAID-1 array.
     pub fn statfs(&self) -> io::Result<Statfs> {
-        let fanned = fanout::apply(&self.replicas, self.active(), |r| sys::fstatfs(r.root()));
+        let fanned = fanout::apply(&self.replicas, self.active(), |r| {
+            sys::fstatfs(r.root().as_fd())
+        });
         let verdict = fanned
             .verdict
             .as_ref()

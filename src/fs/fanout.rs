@@ -10,6 +10,7 @@
 //!   differs from it diverged. When all fail alike nothing diverged: that is the answer.
 
 use std::io;
+use std::time::Instant;
 
 use crate::fs::inode::ReplicaSet;
 use crate::replica::Replica;
@@ -68,7 +69,12 @@ pub fn apply<T>(
 ) -> Fanned<T> {
     combine(
         members(replicas, targets)
-            .map(|r| (r.index, f(r)))
+            .map(|r| {
+                let started = Instant::now();
+                let result = f(r);
+                r.write_latency.record(started.elapsed());
+                (r.index, result)
+            })
             .collect(),
     )
 }

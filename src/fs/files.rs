@@ -86,18 +86,18 @@ impl MirrorFs {
         let unlinked = self.table().location(ino).is_none();
         match self.any_handle(r, ino).filter(|_| unlinked) {
             // Unlinked but open: reopen another handle's descriptor.
-            Some(h) => sys::reopen(h.fd(r.index).expect("any_handle has one"), flags),
+            Some(h) => sys::reopen(h.fd(r.index).expect("any_handle has one").as_fd(), flags),
             None => self.with_name(r, ino, |dir, name| sys::open_regular(dir, name, flags)),
         }
     }
 
-    /// The descriptor of `h` on `r`, opening it first if the handle has none there yet.
-    fn handle_fd<'h>(&self, h: &'h OpenFile, r: &Replica) -> io::Result<BorrowedFd<'h>> {
-        if h.fd(r.index).is_none() {
-            let fd = self.open_backing(r, h.ino, h.backing_flags)?;
-            h.set_fd(r.index, fd);
+    /// The descriptor of `h` on `r`, opening it first if the handle has none there yet
+    /// (a read-only handle failing over, or a replica that became current again).
+    fn handle_fd(&self, h: &OpenFile, r: &Replica) -> io::Result<Arc<OwnedFd>> {
+        match h.fd(r.index) {
+            Some(fd) => Ok(fd),
+            None => Ok(h.set_fd(r.index, self.open_backing(r, h.ino, h.backing_flags)?)),
         }
-        Ok(h.fd(r.index).expect("just set"))
     }
 
     fn register_handle(&self, handle: OpenFile) -> u64 {
@@ -115,7 +115,12 @@ impl MirrorFs {
             let fanned = fanout::apply(&self.replicas, self.fresh(ino), |r| {
                 self.open_backing(r, ino, oflags)
             });
-            self.diverged("open", &fanned.diverged, &[Scope::Data(ino)]);
+            self.settle(
+                "open",
+                truncate && fanned.verdict.is_ok(),
+                &fanned.diverged,
+                &[Scope::Data(ino)],
+            );
             let winner = fanned.verdict.as_ref().map(|w| *w).map_err(copy_err)?;
             for (i, fd) in fanned.successes() {
                 handle.set_fd(i, fd);
@@ -185,12 +190,14 @@ impl MirrorFs {
         let mut last = None;
         for index in preferred {
             let r = &self.replicas[index];
+            let started = std::time::Instant::now();
             let attempt = self.handle_fd(&h, r).and_then(|fd| {
                 let mut buf = vec![0u8; size as usize];
-                let n = sys::pread_full(fd, &mut buf, offset)?;
+                let n = sys::pread_full(fd.as_fd(), &mut buf, offset)?;
                 buf.truncate(n);
                 Ok(buf)
             });
+            r.read_latency.record(started.elapsed());
             match attempt {
                 Ok(buf) => {
                     if index != first {
@@ -214,17 +221,21 @@ impl MirrorFs {
             return Err(ebadf());
         }
         let _order = self.order(&[h.ino]);
-        let targets = h.open_set() & self.fresh(h.ino);
         let results: Vec<(usize, sys::WriteOutcome)> = self
-            .members(targets)
+            .members(self.fresh(h.ino))
             .map(|r| {
-                let fd = h.fd(r.index).expect("open_set has a descriptor");
-                (r.index, sys::pwrite_all(fd, data, offset))
+                let started = std::time::Instant::now();
+                let written = match self.handle_fd(&h, r) {
+                    Ok(fd) => sys::pwrite_all(fd.as_fd(), data, offset),
+                    Err(e) => Err((0, e)),
+                };
+                r.write_latency.record(started.elapsed());
+                (r.index, written)
             })
             .collect();
         h.wrote.store(true, Ordering::Relaxed);
         let (result, diverged) = judge_write(results, data.len());
-        self.diverged("write", &diverged, &[Scope::Data(h.ino)]);
+        self.settle("write", result.is_ok(), &diverged, &[Scope::Data(h.ino)]);
         result.map(|n| n as u32)
     }
 
@@ -233,7 +244,7 @@ impl MirrorFs {
         // Closing a duplicate reports the errors a network filesystem defers to close.
         let fanned = fanout::apply(&self.replicas, h.open_set(), |r| {
             let fd = h.fd(r.index).expect("open_set has a descriptor");
-            let dup = fd.try_clone_to_owned()?;
+            let dup = fd.try_clone()?;
             // SAFETY: we own `dup` and close it exactly once here.
             let ret = unsafe { libc::close(dup.as_raw_fd()) };
             std::mem::forget(dup);
@@ -265,29 +276,33 @@ impl MirrorFs {
             return;
         }
         let _order = self.order(&[h.ino]);
-        let set = h.open_set() & self.fresh(h.ino);
+        let set = self.fresh(h.ino);
         let Some(source) = self.members(set).next() else {
             return;
         };
-        let Ok(st) = sys::fstat(h.fd(source.index).expect("open_set has a descriptor")) else {
+        let Ok(st) = self
+            .handle_fd(h, source)
+            .and_then(|fd| sys::fstat(fd.as_fd()))
+        else {
             return;
         };
         let (atime, mtime) = attr::times_of(&st);
         let others = set & !(1 << source.index);
         let fanned = fanout::apply(&self.replicas, others, |r| {
-            sys::futimens(
-                h.fd(r.index).expect("open_set has a descriptor"),
-                atime,
-                mtime,
-            )
+            sys::futimens(self.handle_fd(h, r)?.as_fd(), atime, mtime)
         });
-        self.diverged("utimens", &fanned.diverged, &[Scope::Data(h.ino)]);
+        self.settle(
+            "utimens",
+            fanned.verdict.is_ok(),
+            &fanned.diverged,
+            &[Scope::Data(h.ino)],
+        );
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> io::Result<()> {
         let h = self.files.get(fh).ok_or_else(ebadf)?;
         let fanned = fanout::apply(&self.replicas, self.fresh(h.ino), |r| {
-            sys::fsync(self.handle_fd(&h, r)?, datasync)
+            sys::fsync(self.handle_fd(&h, r)?.as_fd(), datasync)
         });
         self.diverged("fsync", &fanned.diverged, &[Scope::Data(h.ino)]);
         fanned.verdict.map(drop)
@@ -299,10 +314,8 @@ impl MirrorFs {
             return Err(ebadf());
         }
         let _order = self.order(&[h.ino]);
-        let targets = h.open_set() & self.fresh(h.ino);
-        let fd = |r: &Replica| h.fd(r.index).expect("open_set has a descriptor");
-        let fanned = fanout::apply(&self.replicas, targets, |r| {
-            sys::fallocate(fd(r), mode, offset, len)
+        let fanned = fanout::apply(&self.replicas, self.fresh(h.ino), |r| {
+            sys::fallocate(self.handle_fd(&h, r)?.as_fd(), mode, offset, len)
         });
         h.wrote.store(true, Ordering::Relaxed);
         if fanned.verdict.is_err() {
@@ -313,12 +326,15 @@ impl MirrorFs {
         let mut diverged = Vec::new();
         for (index, errno) in fanned.diverged {
             let emulated = errno == libc::EOPNOTSUPP
-                && emulate_fallocate(fd(&self.replicas[index]), mode, offset, len).is_ok();
+                && self
+                    .handle_fd(&h, &self.replicas[index])
+                    .and_then(|fd| emulate_fallocate(fd.as_fd(), mode, offset, len))
+                    .is_ok();
             if !emulated {
                 diverged.push((index, errno));
             }
         }
-        self.diverged("fallocate", &diverged, &[Scope::Data(h.ino)]);
+        self.settle("fallocate", true, &diverged, &[Scope::Data(h.ino)]);
         Ok(())
     }
 
@@ -328,7 +344,7 @@ impl MirrorFs {
         let first = 1 << h.read_from();
         let set = if fresh & first != 0 { first } else { fresh };
         self.read_any("lseek", set, Scope::Data(h.ino), |r| {
-            sys::lseek(self.handle_fd(&h, r)?, offset, whence)
+            sys::lseek(self.handle_fd(&h, r)?.as_fd(), offset, whence)
         })
     }
 
@@ -350,17 +366,18 @@ impl MirrorFs {
         // The source is locked too, so that no write to it lands between two replicas'
         // copies.
         let _order = self.order(&[src.ino, dst.ino]);
-        let targets = dst.open_set() & self.fresh(dst.ino);
         let src_fresh = self.fresh(src.ino);
         let source = self.members(src_fresh).next();
-        let fanned = fanout::apply(&self.replicas, targets, |r| {
-            let to = dst.fd(r.index).expect("open_set has a descriptor");
+        let fanned = fanout::apply(&self.replicas, self.fresh(dst.ino), |r| {
+            let to = self.handle_fd(&dst, r)?;
             if src_fresh & (1 << r.index) != 0 {
-                sys::copy_range(self.handle_fd(&src, r)?, offset_in, to, offset_out, len)
+                let from = self.handle_fd(&src, r)?;
+                sys::copy_range(from.as_fd(), offset_in, to.as_fd(), offset_out, len)
             } else {
                 // This replica's copy of the source is out of date: copy a current one.
-                let from = source.ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
-                copy_through(self.handle_fd(&src, from)?, offset_in, to, offset_out, len)
+                let other = source.ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+                let from = self.handle_fd(&src, other)?;
+                copy_through(from.as_fd(), offset_in, to.as_fd(), offset_out, len)
             }
         });
         dst.wrote.store(true, Ordering::Relaxed);
@@ -381,7 +398,12 @@ impl MirrorFs {
                 }
             }
         }
-        self.diverged("copy_file_range", &diverged, &[Scope::Data(dst.ino)]);
+        self.settle(
+            "copy_file_range",
+            fanned.verdict.is_ok(),
+            &diverged,
+            &[Scope::Data(dst.ino)],
+        );
         fanned.value().map(|n| n as u32)
     }
 }

@@ -8,9 +8,9 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use fuser::FileType;
 
@@ -54,6 +54,16 @@ impl<T> HandleTable<T> {
         self.map.write().expect("handle table lock").remove(&fh)
     }
 
+    /// Every live handle.
+    pub fn all(&self) -> Vec<Arc<T>> {
+        self.map
+            .read()
+            .expect("handle table lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// The first handle that satisfies `pred` (used for the rare unlinked-but-open case).
     pub fn find(&self, pred: impl Fn(&T) -> bool) -> Option<Arc<T>> {
         self.map
@@ -72,7 +82,7 @@ pub struct OpenFile {
     pub writable: bool,
     /// The flags the file was opened with on the backing replicas.
     pub backing_flags: i32,
-    fds: Box<[OnceLock<OwnedFd>]>,
+    fds: Box<[Mutex<Option<Arc<OwnedFd>>>]>,
     read_from: AtomicUsize,
     /// Data changed through this handle since its timestamps were last made equal on
     /// every replica.
@@ -85,19 +95,29 @@ impl OpenFile {
             ino,
             writable,
             backing_flags,
-            fds: (0..replicas).map(|_| OnceLock::new()).collect(),
+            fds: (0..replicas).map(|_| Mutex::new(None)).collect(),
             read_from: AtomicUsize::new(0),
             wrote: AtomicBool::new(false),
         }
     }
 
-    pub fn fd(&self, replica: usize) -> Option<BorrowedFd<'_>> {
-        self.fds[replica].get().map(|fd| fd.as_fd())
+    pub fn fd(&self, replica: usize) -> Option<Arc<OwnedFd>> {
+        self.fds[replica].lock().expect("fd lock").clone()
     }
 
-    /// Stores a descriptor for `replica` unless another thread already did.
-    pub fn set_fd(&self, replica: usize, fd: OwnedFd) {
-        let _ = self.fds[replica].set(fd);
+    /// Stores a descriptor for `replica` unless another thread already did; returns the
+    /// one stored.
+    pub fn set_fd(&self, replica: usize, fd: OwnedFd) -> Arc<OwnedFd> {
+        self.fds[replica]
+            .lock()
+            .expect("fd lock")
+            .get_or_insert_with(|| Arc::new(fd))
+            .clone()
+    }
+
+    /// Forgets the descriptor on `replica` (its filesystem was replaced).
+    pub fn drop_fd(&self, replica: usize) {
+        *self.fds[replica].lock().expect("fd lock") = None;
     }
 
     /// Replicas this handle has a descriptor on, as a set.
@@ -105,7 +125,7 @@ impl OpenFile {
         self.fds
             .iter()
             .enumerate()
-            .filter(|(_, fd)| fd.get().is_some())
+            .filter(|(_, fd)| fd.lock().expect("fd lock").is_some())
             .fold(0, |set, (i, _)| set | (1 << i))
     }
 

@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
-use tracing::warn;
+use tracing::{error, warn};
 
 use crate::fs::handles::{HandleTable, OpenDir, OpenFile};
 use fuser::FileType;
@@ -98,6 +98,7 @@ pub struct MirrorFs {
     namespace: RwLock<()>,
     locks: InodeLocks,
     pub(crate) options: FsOptions,
+    pub(crate) backoff: crate::fs::probe::Backoff,
 }
 
 impl MirrorFs {
@@ -111,6 +112,7 @@ impl MirrorFs {
             namespace: RwLock::new(()),
             locks: InodeLocks::new(),
             options,
+            backoff: Default::default(),
         }
     }
 
@@ -195,7 +197,7 @@ impl MirrorFs {
     /// any other node through its parent), never following a symlink.
     pub(crate) fn object_fd(&self, r: &Replica, ino: Ino) -> io::Result<OwnedFd> {
         if ino == ROOT {
-            return r.root().try_clone_to_owned();
+            return r.root().try_clone();
         }
         if self.table().kind(ino) == Some(FileType::Directory) {
             return self.dir_fd(r, ino)?.try_clone();
@@ -206,7 +208,7 @@ impl MirrorFs {
     /// `stat` of `ino` on replica `r`.
     pub(crate) fn stat_on(&self, r: &Replica, ino: Ino) -> io::Result<sys::Stat> {
         if ino == ROOT {
-            return sys::fstat(r.root());
+            return sys::fstat(r.root().as_fd());
         }
         if self.table().kind(ino) == Some(FileType::Directory) {
             return sys::fstat(self.dir_fd(r, ino)?.as_fd());
@@ -214,7 +216,7 @@ impl MirrorFs {
         if self.table().location(ino).is_none()
             && let Some(h) = self.any_handle(r, ino)
         {
-            return sys::fstat(h.fd(r.index).expect("any_handle has one"));
+            return sys::fstat(h.fd(r.index).expect("any_handle has one").as_fd());
         }
         self.with_name(r, ino, sys::statat)
     }
@@ -248,7 +250,10 @@ impl MirrorFs {
     ) -> io::Result<T> {
         let mut last = None;
         for r in self.members(set) {
-            match f(r) {
+            let started = std::time::Instant::now();
+            let result = f(r);
+            r.read_latency.record(started.elapsed());
+            match result {
                 Ok(v) => return Ok(v),
                 Err(e) if sys::is_fault(sys::errno(&e)) => {
                     self.diverged(op, &[(r.index, sys::errno(&e))], &[scope]);
@@ -260,13 +265,38 @@ impl MirrorFs {
         Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EIO)))
     }
 
-    /// Records that replicas answered differently from the result the caller got: each is
-    /// marked out of sync for every scope, and each new mark is logged once.
+    /// Records the outcome of a change: replicas that answered differently from the
+    /// result are marked out of sync for `scopes` (and failed, on a fault); when the change
+    /// succeeded, so are the replicas that did not take part (failed, or waiting for a full
+    /// comparison), so that repair brings the change to them.
+    pub(crate) fn settle(
+        &self,
+        op: &'static str,
+        succeeded: bool,
+        diverged: &[(usize, i32)],
+        scopes: &[Scope],
+    ) {
+        let mut all = diverged.to_vec();
+        if succeeded {
+            let inactive = self.every() & !self.set.active();
+            for r in self.members(inactive) {
+                if !all.iter().any(|(i, _)| *i == r.index) {
+                    all.push((r.index, 0));
+                }
+            }
+        }
+        self.diverged(op, &all, scopes);
+    }
+
+    /// Marks replicas that answered differently from the result the caller got (errno 0:
+    /// they were skipped) out of sync for every scope; each new mark is logged once, and a
+    /// replica that answered with a fault (EIO, ENOSPC, EROFS, ...) is failed.
     pub(crate) fn diverged(&self, op: &'static str, replicas: &[(usize, i32)], scopes: &[Scope]) {
         if replicas.is_empty() {
             return;
         }
         let mut fallen: ReplicaSet = 0;
+        let mut failed = Vec::new();
         let mut table = self.table();
         for &(index, errno) in replicas {
             fallen |= 1 << index;
@@ -288,6 +318,9 @@ impl MirrorFs {
                     Scope::Data(ino) => (ino, table.mark_data(ino, index)),
                     Scope::Entries(ino) => (ino, table.mark_entries(ino, index)),
                 };
+                if errno == 0 {
+                    continue;
+                }
                 let path = table.display_path(ino);
                 if new {
                     warn!(
@@ -299,11 +332,36 @@ impl MirrorFs {
                          for it until it is repaired"
                     );
                 }
+                if sys::is_fault(errno)
+                    && r.set_failed(errno, format!("{op} {path}: {}", sys::strerror(errno)))
+                {
+                    failed.push(index);
+                }
                 r.record_error(op, path, errno);
             }
         }
         drop(table);
+        for index in failed {
+            let r = &self.replicas[index];
+            error!(
+                replica = %r.path.display(),
+                reason = %r.failure().map(|f| f.reason).unwrap_or_default(),
+                "replica failed; it is skipped until it works again, and what it misses \
+                 is recorded for repair"
+            );
+            self.set.fail(&self.replicas, r);
+        }
         self.set.fell_behind(&self.replicas, fallen);
+    }
+
+    /// Fails replica `r` as a whole: nothing it holds is known to be current.
+    pub(crate) fn fail_whole(&self, r: &Replica) {
+        self.set.fail(&self.replicas, r);
+    }
+
+    /// Every replica, as a set.
+    pub(crate) fn every(&self) -> ReplicaSet {
+        self.replicas.iter().fold(0, |s, r| s | (1 << r.index))
     }
 
     /// Forgets replica-side state of inodes that left the table.
@@ -344,7 +402,7 @@ impl MirrorFs {
     /// Flushes every replica's filesystem.
     fn sync_replicas(&self) {
         for r in &self.replicas {
-            let synced = sys::reopen(r.root(), libc::O_RDONLY | libc::O_DIRECTORY)
+            let synced = sys::reopen(r.root().as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
                 .and_then(|fd| sys::syncfs(fd.as_fd()));
             if let Err(e) = synced {
                 warn!(replica = %r.path.display(), error = %e, "syncfs failed");

@@ -10,6 +10,7 @@ pub mod handles;
 pub mod inode;
 pub mod mirror;
 pub mod namespace;
+pub mod probe;
 pub mod report;
 pub mod set;
 pub mod xattrs;

@@ -242,8 +242,9 @@ impl MirrorFs {
         let ino = self
             .table()
             .lookup(parent, name, attr::kind(st.st_mode), &keys, multi);
-        self.diverged(
+        self.settle(
             op,
+            true,
             &fanned.diverged,
             &[Scope::Entries(parent), Scope::Data(ino)],
         );
@@ -318,7 +319,7 @@ impl MirrorFs {
             })
         });
         let scopes = [Scope::Entries(new_parent), Scope::Data(ino)];
-        self.diverged("link", &fanned.diverged, &scopes);
+        self.settle("link", fanned.verdict.is_ok(), &fanned.diverged, &scopes);
         let succeeded = fanned.succeeded();
         let winner = fanned.verdict?;
         self.skipped("link", candidates & !targets, &scopes);
@@ -370,7 +371,12 @@ impl MirrorFs {
                 })
                 .collect(),
         );
-        self.diverged(op, &fanned.diverged, &[Scope::Entries(parent)]);
+        self.settle(
+            op,
+            fanned.verdict.is_ok(),
+            &fanned.diverged,
+            &[Scope::Entries(parent)],
+        );
         fanned.verdict?;
         // A removed directory keeps its cached descriptor while the kernel still holds
         // it (an open handle or a working directory can still stat and list it).
@@ -445,7 +451,7 @@ impl MirrorFs {
         if fanned.verdict.is_ok() {
             self.skipped("rename", candidates & !targets, &scopes);
         }
-        self.diverged("rename", &fanned.diverged, &scopes);
+        self.settle("rename", fanned.verdict.is_ok(), &fanned.diverged, &scopes);
         fanned.verdict.map(drop)
     }
 }

@@ -1,12 +1,17 @@
 //! The mirror's report of its own state, for the control channel.
 
 use std::path::Path;
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::fs::mirror::{MirrorFs, divergence_reason};
 use crate::status::{
-    LastError, MirrorStatus, OUT_OF_SYNC_LISTED, OutOfSync, ReplicaState, ReplicaStatus,
+    FailureInfo, LastError, MirrorStatus, OUT_OF_SYNC_LISTED, OutOfSync, ReplicaState,
+    ReplicaStatus,
 };
+
+fn secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
 
 impl MirrorFs {
     pub fn status(&self, mount_point: &Path) -> MirrorStatus {
@@ -45,23 +50,38 @@ impl MirrorFs {
                 ReplicaStatus {
                     index: r.index,
                     path: r.path.clone(),
-                    state: if count == 0 && active & bit != 0 {
+                    state: if r.failure().is_some() {
+                        ReplicaState::Failed
+                    } else if count == 0 && active & bit != 0 {
                         ReplicaState::InSync
                     } else {
                         ReplicaState::Degraded
                     },
+                    failure: r.failure().map(|f| FailureInfo {
+                        since: secs(f.since),
+                        errno: f.errno,
+                        reason: f.reason,
+                    }),
                     needs_full: full & bit != 0,
                     generation: self.set.generation(r.index),
                     out_of_sync_count: count,
                     out_of_sync: out,
-                    errors: r.error_count(),
+                    errors: r.errors().values().sum(),
+                    errors_by_kind: r
+                        .errors()
+                        .into_iter()
+                        .map(|(errno, n)| (crate::sys::errno_name(errno), n))
+                        .collect(),
                     last_error: r.last_error().map(|e| LastError {
-                        time: e.at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                        time: secs(e.at),
                         op: e.op.to_string(),
                         path: e.path,
                         errno: e.errno,
                         error: divergence_reason(e.errno),
                     }),
+                    read_latency_us: r.read_latency.micros(),
+                    write_latency_us: r.write_latency.micros(),
+                    free_bytes: r.free_bytes(),
                 }
             })
             .collect();

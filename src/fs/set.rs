@@ -9,6 +9,7 @@
 //! before the change it missed is acknowledged: after a crash, the replica left behind is
 //! known to be behind. When repair brings it back in sync, it takes the head generation.
 
+use std::os::fd::AsFd;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -66,6 +67,11 @@ impl MirrorSet {
         self.full.load(Ordering::Acquire)
     }
 
+    /// The state `index` has on record.
+    pub fn state(&self, index: usize) -> ReplicaState {
+        self.states.lock().expect("set lock")[index].clone()
+    }
+
     /// The generation `index` has on record, for status output.
     pub fn generation(&self, index: usize) -> String {
         self.states.lock().expect("set lock")[index]
@@ -95,7 +101,7 @@ impl MirrorSet {
         for r in replicas.iter().filter(|r| still & (1 << r.index) != 0) {
             let mut st = head.clone();
             st.replica = states[r.index].replica.clone();
-            match st.save(r.root()) {
+            match st.save(r.root().as_fd()) {
                 Ok(()) => states[r.index] = st,
                 Err(e) => warn!(
                     replica = %r.path.display(),
@@ -105,6 +111,25 @@ impl MirrorSet {
             }
         }
         info!(generation = %head.generation, "in-sync replicas moved to a new generation");
+    }
+
+    /// Replica `replica` failed: it takes no reads or writes until it is re-admitted.
+    pub fn fail(&self, replicas: &[Replica], replica: &Replica) {
+        self.active
+            .fetch_and(!(1 << replica.index), Ordering::AcqRel);
+        self.fell_behind(replicas, 1 << replica.index);
+    }
+
+    /// A failed replica works again: it takes part again where it is current (the changes
+    /// it missed are marked), or, if what it missed is not known, once it has been
+    /// compared in full.
+    pub fn readmit(&self, replica: &Replica, needs_full: bool) {
+        let bit = 1 << replica.index;
+        if needs_full {
+            self.full.fetch_or(bit, Ordering::AcqRel);
+        } else {
+            self.active.fetch_or(bit, Ordering::AcqRel);
+        }
     }
 
     /// Replica `index` holds every change again: it takes the head generation and takes
@@ -119,7 +144,7 @@ impl MirrorSet {
                 let mut st = states[index].clone();
                 st.catch_up(&head);
                 st.clean = false;
-                match st.save(replica.root()) {
+                match st.save(replica.root().as_fd()) {
                     Ok(()) => states[index] = st,
                     Err(e) => {
                         warn!(
@@ -154,7 +179,7 @@ impl MirrorSet {
             } else {
                 st.needs_full = true;
             }
-            if let Err(e) = st.save(r.root()) {
+            if let Err(e) = st.save(r.root().as_fd()) {
                 warn!(
                     replica = %r.path.display(),
                     error = %crate::sys::describe(&e),

@@ -67,7 +67,12 @@ impl MirrorFs {
         let fanned = fanout::apply(&self.replicas, self.fresh(ino), |r| {
             sys::xattr::set(self.object_fd(r, ino)?.as_fd(), name, value, flags)
         });
-        self.diverged("setxattr", &fanned.diverged, &[Scope::Data(ino)]);
+        self.settle(
+            "setxattr",
+            fanned.verdict.is_ok(),
+            &fanned.diverged,
+            &[Scope::Data(ino)],
+        );
         fanned.verdict.map(drop)
     }
 
@@ -76,7 +81,12 @@ impl MirrorFs {
         let fanned = fanout::apply(&self.replicas, self.fresh(ino), |r| {
             sys::xattr::remove(self.object_fd(r, ino)?.as_fd(), name)
         });
-        self.diverged("removexattr", &fanned.diverged, &[Scope::Data(ino)]);
+        self.settle(
+            "removexattr",
+            fanned.verdict.is_ok(),
+            &fanned.diverged,
+            &[Scope::Data(ino)],
+        );
         fanned.verdict.map(drop)
     }
 }

@@ -118,6 +118,17 @@ fn take(fd: &OwnedFd, replica: &Path) -> Result<(), CliError> {
     }
 }
 
+/// Creates (if needed) and locks the lock file of one replica root; the returned
+/// descriptor holds the lock.
+pub fn lock_root(root: &OwnedFd, path: &Path) -> Result<OwnedFd, CliError> {
+    let fd = match existing_lock(root).map_err(|e| problem(path, e))? {
+        Some(fd) => fd,
+        None => create_lock(root).map_err(|e| problem(path, e))?.0,
+    };
+    take(&fd, path)?;
+    Ok(fd)
+}
+
 /// Locks every replica (given by path and root descriptor) that has a lock file already,
 /// and notes the ones that have none. Creates nothing.
 pub fn lock_existing(replicas: &[PathBuf], roots: &[OwnedFd]) -> Result<ReplicaLocks, CliError> {

@@ -330,11 +330,12 @@ fn start(
             sys::describe(&e)
         )
     })?;
-    let control = control::serve(fs, mount_point.clone()).map_err(|e| {
+    let control = control::serve(fs.clone(), mount_point.clone()).map_err(|e| {
         runtime::remove(&mount_point);
         detach(&mount_point);
         cli_error!("cannot open the control socket: {}", sys::describe(&e))
     })?;
+    crate::fs::probe::spawn(fs.clone());
     watch_signals(signals, mount_point.clone(), log);
     info!(mount_point = %mount_point.display(), replicas = ?paths, "mounted");
     Ok(Mounted {

@@ -33,23 +33,23 @@ fn a_full_replica_is_marked_and_writes_keep_succeeding() {
     assert_eq!(fs::read(m.replica(0, "big")).unwrap(), data);
     assert_eq!(fs::read(m.replica(2, "big")).unwrap(), data);
     let (state, paths) = replica_state(&m, 1);
-    assert_eq!(state, "degraded");
+    assert_eq!(state, "failed");
     assert!(paths.contains(&"data:/big".to_string()), "{paths:?}");
     assert_eq!(replica_state(&m, 0).0, "in-sync");
     let out = mirrorfs(&[OsStr::new("health"), m.mnt.as_os_str()]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.starts_with("MIRRORFS WARNING - 1/3 replicas degraded"),
+        text.starts_with("MIRRORFS WARNING - 1/3 failed |"),
         "{text}"
     );
     assert!(text.contains("No space left on device"), "{text}");
-    assert!(m.log().contains("out of sync"), "the marking is logged");
-
-    // Removing the file removes it everywhere, and nothing is left to differ.
-    fs::remove_file(m.path("big")).unwrap();
-    assert_eq!(replica_state(&m, 1).0, "in-sync");
-    m.assert_in_sync();
+    assert!(text.contains("ENOSPC="), "{text}");
+    assert_eq!(m.log().matches("replica failed").count(), 1, "logged once");
+    // Later changes skip the failed replica and are recorded for it.
+    fs::write(m.path("later"), b"x").unwrap();
+    let (_, paths) = replica_state(&m, 1);
+    assert!(paths.contains(&"data:/later".to_string()), "{paths:?}");
 }
 
 #[test]
@@ -91,7 +91,7 @@ fn a_read_error_fails_over_to_another_replica() {
     m.faults(0).eio_reads.lock().unwrap().insert("f".into());
     assert_eq!(fs::read(m.path("f")).unwrap(), data);
     let (state, paths) = replica_state(&m, 0);
-    assert_eq!(state, "degraded");
+    assert_eq!(state, "failed");
     assert!(paths.contains(&"data:/f".to_string()), "{paths:?}");
     // Once marked, the replica is not read for that file even after it recovers.
     m.faults(0).eio_reads.lock().unwrap().clear();
@@ -112,7 +112,7 @@ fn a_dead_replica_does_not_stop_the_mount() {
     fs::rename(m.path("d/after"), m.path("d/moved")).unwrap();
     assert_eq!(fs::read(m.path("d/moved")).unwrap(), b"2");
     assert_eq!(fs::read(m.path("d/before")).unwrap(), b"3");
-    assert_eq!(replica_state(&m, 1).0, "degraded");
+    assert_eq!(replica_state(&m, 1).0, "failed");
     for i in [0, 2] {
         assert_eq!(replica_state(&m, i).0, "in-sync");
         assert_eq!(fs::read(m.replica(i, "d/moved")).unwrap(), b"2");

@@ -8,6 +8,7 @@ mod bad_input;
 mod concurrency;
 mod divergence;
 mod errnos;
+mod faults;
 mod files;
 mod lifecycle;
 mod membership;

@@ -42,8 +42,8 @@ pub struct Mirror {
     pid: Option<u32>,
     /// Fault filesystems serving replicas, unmounted after the mirror.
     faulty: Vec<(usize, FaultMount)>,
-    /// tmpfs mounts made for replicas, unmounted after the mirror.
-    tmpfs: Vec<PathBuf>,
+    /// tmpfs and bind mounts made for replicas, unmounted after the mirror.
+    mounts: Vec<PathBuf>,
 }
 
 /// How to build a mirror's replicas before mounting it.
@@ -52,6 +52,7 @@ pub struct Setup {
     args: Vec<String>,
     tmpfs: Vec<(usize, String)>,
     faulty: Vec<usize>,
+    bind: Vec<usize>,
 }
 
 impl Setup {
@@ -64,6 +65,13 @@ impl Setup {
     /// Replica `i` is a tmpfs of its own, of `size` (such as "1m").
     pub fn tmpfs(mut self, i: usize, size: &str) -> Setup {
         self.tmpfs.push((i, size.to_string()));
+        self
+    }
+
+    /// Replica `i` is a bind mount of a backing directory (so it can be remounted
+    /// read-only and back).
+    pub fn bind(mut self, i: usize) -> Setup {
+        self.bind.push(i);
         self
     }
 
@@ -93,8 +101,24 @@ impl Setup {
             extra_args: self.args,
             pid: None,
             faulty: Vec::new(),
-            tmpfs: Vec::new(),
+            mounts: Vec::new(),
         };
+        for &i in &self.bind {
+            let backing = m.dir.path().join(format!("backing{i}"));
+            std::fs::create_dir(&backing).unwrap();
+            let out = Command::new("mount")
+                .arg("--bind")
+                .arg(&backing)
+                .arg(&m.replicas[i])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            m.mounts.push(m.replicas[i].clone());
+        }
         for (i, size) in &self.tmpfs {
             let out = Command::new("mount")
                 .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -106,7 +130,7 @@ impl Setup {
                 "{}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            m.tmpfs.push(m.replicas[*i].clone());
+            m.mounts.push(m.replicas[*i].clone());
         }
         for &i in &self.faulty {
             let backing = m.dir.path().join(format!("backing{i}"));
@@ -135,6 +159,7 @@ impl Mirror {
             args: Vec::new(),
             tmpfs: Vec::new(),
             faulty: Vec::new(),
+            bind: Vec::new(),
         }
     }
 
@@ -230,7 +255,7 @@ impl Drop for Mirror {
     fn drop(&mut self) {
         self.stop_daemon();
         self.faulty.clear();
-        for t in self.tmpfs.drain(..) {
+        for t in self.mounts.drain(..) {
             let p = cstr(&t);
             // SAFETY: unmounting a tmpfs this fixture mounted.
             unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };

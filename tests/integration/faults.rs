@@ -1,0 +1,143 @@
+//! Replicas that fail for real: a dead disk (the fault filesystem), a filesystem that
+//! turns read-only, a filesystem that vanishes. The failing replica is skipped, logged
+//! once and reported; the mount keeps serving; a replica that works again is re-admitted.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::common::{Mirror, Unmount, mirrorfs};
+
+fn state(m: &Mirror, i: usize) -> String {
+    m.status()["daemon"]["replicas"][i]["state"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Waits (up to 20 s) until replica `i` is in `want`.
+pub fn wait_for_state(m: &Mirror, i: usize, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = state(m, i);
+        if now == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica {i} stayed {now}, not {want}: {}",
+            m.status()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn when_every_replica_fails_the_application_gets_eio_not_a_hang() {
+    let m = Mirror::setup(2).faulty(0).faulty(1).mount();
+    fs::write(m.path("f"), b"x").unwrap();
+    for i in 0..2 {
+        m.faults(i).dead.store(true, Ordering::Relaxed);
+    }
+    let started = Instant::now();
+    let e = fs::write(m.path("g"), b"y").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    let e = fs::read(m.path("f")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let out = mirrorfs(&[OsStr::new("health"), m.mnt.as_os_str()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("all 2 replicas failed"));
+    for i in 0..2 {
+        m.faults(i).dead.store(false, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn a_failed_replica_is_readmitted_when_it_works_again() {
+    let m = Mirror::setup(3).faulty(1).mount();
+    fs::write(m.path("before"), b"1").unwrap();
+    m.faults(1).dead.store(true, Ordering::Relaxed);
+    fs::write(m.path("during"), b"2").unwrap();
+    assert_eq!(state(&m, 1), "failed");
+    let r1 = &m.status()["daemon"]["replicas"][1];
+    assert_eq!(r1["failure"]["errno"], libc::EIO);
+    assert!(r1["errors_by_kind"]["EIO"].as_u64().unwrap() >= 1);
+    m.faults(1).dead.store(false, Ordering::Relaxed);
+    wait_for_state(&m, 1, "degraded");
+    assert!(m.log().contains("replica works again"));
+    // Re-admitted, it takes new changes again.
+    fs::write(m.path("after"), b"3").unwrap();
+    assert_eq!(fs::read(m.dir.path().join("backing1/after")).unwrap(), b"3");
+}
+
+#[test]
+fn a_replica_that_turns_read_only_fails_and_comes_back() {
+    let m = Mirror::setup(2).bind(1).mount();
+    let r1 = m.replicas[1].clone();
+    fs::write(m.path("f"), b"1").unwrap();
+    run(Command::new("mount")
+        .args(["-o", "remount,bind,ro"])
+        .arg(&r1));
+    fs::write(m.path("g"), b"2").unwrap();
+    assert_eq!(state(&m, 1), "failed");
+    let st = m.status();
+    assert_eq!(
+        st["daemon"]["replicas"][1]["failure"]["errno"],
+        libc::EROFS,
+        "{st}"
+    );
+    run(Command::new("mount")
+        .args(["-o", "remount,bind,rw"])
+        .arg(&r1));
+    wait_for_state(&m, 1, "degraded");
+}
+
+#[test]
+fn a_replica_whose_filesystem_vanishes_fails_and_is_compared_in_full_when_back() {
+    let m = Mirror::setup(2).tmpfs(1, "16m").mount();
+    fs::write(m.path("f"), b"before").unwrap();
+    let r1 = m.replicas[1].clone();
+    run(Command::new("umount").arg("-l").arg(&r1));
+    wait_for_state(&m, 1, "failed");
+    fs::write(m.path("f"), b"after").unwrap();
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"after");
+    // An empty filesystem comes back at the path.
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&r1));
+    let _tmpfs = Unmount(r1.clone());
+    wait_for_state(&m, 1, "degraded");
+    let st = m.status();
+    assert_eq!(st["daemon"]["replicas"][1]["needs_full"], true, "{st}");
+    assert!(r1.join(".mirrorfs/state.json").exists());
+}
+
+#[test]
+fn health_reports_latency_and_free_space() {
+    let m = Mirror::new(2);
+    fs::write(m.path("f"), vec![1u8; 100_000]).unwrap();
+    let _ = fs::read(m.path("f")).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let st = m.status();
+    for r in st["daemon"]["replicas"].as_array().unwrap() {
+        assert!(r["write_latency_us"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["free_bytes"].as_u64().unwrap() > 0, "{r}");
+    }
+    let out = mirrorfs(&[OsStr::new("health"), m.mnt.as_os_str()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("'failed'=0;0;1;0;2"), "{text}");
+    assert!(text.contains("latency read"), "{text}");
+}
