@@ -138,6 +138,7 @@ impl MirrorFs {
         self.settle(
             "setattr",
             fanned.verdict.is_ok(),
+            fanned.attempted(),
             &fanned.diverged,
             &[Scope::Data(ino)],
         );

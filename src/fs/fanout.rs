@@ -39,6 +39,11 @@ impl<T> Fanned<T> {
         r
     }
 
+    /// The replicas the change was tried on, as a set.
+    pub fn attempted(&self) -> ReplicaSet {
+        self.results.iter().fold(0, |set, (i, _)| set | (1 << i))
+    }
+
     /// The replicas that succeeded, as a set.
     pub fn succeeded(&self) -> ReplicaSet {
         self.results

@@ -118,6 +118,7 @@ impl MirrorFs {
             self.settle(
                 "open",
                 truncate && fanned.verdict.is_ok(),
+                fanned.attempted(),
                 &fanned.diverged,
                 &[Scope::Data(ino)],
             );
@@ -234,8 +235,15 @@ impl MirrorFs {
             })
             .collect();
         h.wrote.store(true, Ordering::Relaxed);
+        let attempted = results.iter().fold(0, |set, (i, _)| set | (1 << i));
         let (result, diverged) = judge_write(results, data.len());
-        self.settle("write", result.is_ok(), &diverged, &[Scope::Data(h.ino)]);
+        self.settle(
+            "write",
+            result.is_ok(),
+            attempted,
+            &diverged,
+            &[Scope::Data(h.ino)],
+        );
         result.map(|n| n as u32)
     }
 
@@ -291,9 +299,11 @@ impl MirrorFs {
         let fanned = fanout::apply(&self.replicas, others, |r| {
             sys::futimens(self.handle_fd(h, r)?.as_fd(), atime, mtime)
         });
+        // The source already has these times: it took part.
         self.settle(
             "utimens",
             fanned.verdict.is_ok(),
+            fanned.attempted() | (1 << source.index),
             &fanned.diverged,
             &[Scope::Data(h.ino)],
         );
@@ -323,6 +333,7 @@ impl MirrorFs {
             return fanned.verdict.map(drop);
         }
         // Replicas whose filesystem lacks the mode get the same contents another way.
+        let attempted = fanned.attempted();
         let mut diverged = Vec::new();
         for (index, errno) in fanned.diverged {
             let emulated = errno == libc::EOPNOTSUPP
@@ -334,7 +345,13 @@ impl MirrorFs {
                 diverged.push((index, errno));
             }
         }
-        self.settle("fallocate", true, &diverged, &[Scope::Data(h.ino)]);
+        self.settle(
+            "fallocate",
+            true,
+            attempted,
+            &diverged,
+            &[Scope::Data(h.ino)],
+        );
         Ok(())
     }
 
@@ -401,6 +418,7 @@ impl MirrorFs {
         self.settle(
             "copy_file_range",
             fanned.verdict.is_ok(),
+            fanned.attempted(),
             &diverged,
             &[Scope::Data(dst.ino)],
         );

@@ -55,6 +55,9 @@ struct Node {
     children: Option<Box<HashMap<Name, Ino>>>,
     stale_data: ReplicaSet,
     stale_entries: ReplicaSet,
+    /// Bumped by every mark, so that repair clears a mark only if nothing marked the node
+    /// again while it worked.
+    mark_seq: u32,
 }
 
 impl Node {
@@ -69,6 +72,7 @@ impl Node {
             children: None,
             stale_data: 0,
             stale_entries: 0,
+            mark_seq: 0,
         }
     }
 
@@ -459,10 +463,80 @@ impl InodeTable {
         };
         let new = *field & bit == 0;
         *field |= bit;
+        node.mark_seq = node.mark_seq.wrapping_add(1);
         if !was_marked {
             self.marked += 1;
         }
         new
+    }
+
+    /// The node's mark sequence, to pass back to [`InodeTable::clear`].
+    pub fn mark_seq(&self, ino: Ino) -> Option<u32> {
+        self.nodes.get(&ino).map(|n| n.mark_seq)
+    }
+
+    /// Clears `replica`'s mark on `ino` (its listing, with `entries`, else its contents)
+    /// if no mark was made since `seq` was read. Returns whether it was cleared, and the
+    /// inodes that left the table as a result.
+    pub fn clear(&mut self, ino: Ino, replica: usize, entries: bool, seq: u32) -> (bool, Vec<Ino>) {
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return (true, Vec::new());
+        };
+        if node.mark_seq != seq {
+            return (false, Vec::new());
+        }
+        let bit = 1 << replica;
+        if entries {
+            node.stale_entries &= !bit;
+        } else {
+            node.stale_data &= !bit;
+        }
+        if !node.is_marked() {
+            self.marked -= 1;
+        }
+        (true, self.collect(ino))
+    }
+
+    /// Drops every mark of `replica` (it will be compared in full instead).
+    pub fn clear_replica(&mut self, replica: usize) -> Vec<Ino> {
+        let bit = 1 << replica;
+        let mut touched = Vec::new();
+        for (&ino, node) in self.nodes.iter_mut() {
+            if (node.stale_data | node.stale_entries) & bit == 0 {
+                continue;
+            }
+            node.stale_data &= !bit;
+            node.stale_entries &= !bit;
+            if !node.is_marked() {
+                self.marked -= 1;
+            }
+            touched.push(ino);
+        }
+        touched
+            .into_iter()
+            .flat_map(|ino| self.collect(ino))
+            .collect()
+    }
+
+    /// Makes sure the table has a node for `parent/name` (a replica's listing needs
+    /// repair below it), without counting a kernel lookup. Returns its inode number.
+    pub fn ensure_child(&mut self, parent: Ino, name: &OsStr, kind: FileType) -> Ino {
+        match self.child(parent, name) {
+            Some(ino) if self.nodes[&ino].kind == kind => ino,
+            existing => {
+                if existing.is_some() {
+                    self.detach(parent, name);
+                }
+                let ino = self.alloc(kind);
+                self.attach(ino, parent, Arc::from(name));
+                ino
+            }
+        }
+    }
+
+    /// How many marked nodes there are.
+    pub fn marked_count(&self) -> usize {
+        self.marked
     }
 
     /// Every mark: (inode, replicas stale for data, replicas stale for entries).

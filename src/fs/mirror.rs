@@ -265,21 +265,21 @@ impl MirrorFs {
         Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EIO)))
     }
 
-    /// Records the outcome of a change: replicas that answered differently from the
-    /// result are marked out of sync for `scopes` (and failed, on a fault); when the change
-    /// succeeded, so are the replicas that did not take part (failed, or waiting for a full
-    /// comparison), so that repair brings the change to them.
+    /// Records the outcome of a change tried on `attempted`: replicas that answered
+    /// differently from the result are marked out of sync for `scopes` (and failed, on a
+    /// fault); when the change succeeded, so are the replicas it was not tried on (failed,
+    /// waiting for repair, or out of date there), so that repair brings it to them.
     pub(crate) fn settle(
         &self,
         op: &'static str,
         succeeded: bool,
+        attempted: ReplicaSet,
         diverged: &[(usize, i32)],
         scopes: &[Scope],
     ) {
         let mut all = diverged.to_vec();
         if succeeded {
-            let inactive = self.every() & !self.set.active();
-            for r in self.members(inactive) {
+            for r in self.members(self.every() & !attempted) {
                 if !all.iter().any(|(i, _)| *i == r.index) {
                     all.push((r.index, 0));
                 }

@@ -245,6 +245,7 @@ impl MirrorFs {
         self.settle(
             op,
             true,
+            fanned.attempted(),
             &fanned.diverged,
             &[Scope::Entries(parent), Scope::Data(ino)],
         );
@@ -304,12 +305,10 @@ impl MirrorFs {
 
     pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &OsStr) -> io::Result<FileAttr> {
         self.check_name(new_parent, new_name)?;
-        let (targets, candidates) = {
+        let targets = {
             let t = self.table();
             let all = self.active();
-            let file = t.fresh(ino, all);
-            let dir = t.fresh(new_parent, all);
-            (file & dir, dir)
+            t.fresh(ino, all) & t.fresh(new_parent, all)
         };
         let _order = self.order(&[new_parent]);
         let fanned = fanout::apply(&self.replicas, targets, |r| {
@@ -319,23 +318,21 @@ impl MirrorFs {
             })
         });
         let scopes = [Scope::Entries(new_parent), Scope::Data(ino)];
-        self.settle("link", fanned.verdict.is_ok(), &fanned.diverged, &scopes);
+        self.settle(
+            "link",
+            fanned.verdict.is_ok(),
+            fanned.attempted(),
+            &fanned.diverged,
+            &scopes,
+        );
         let succeeded = fanned.succeeded();
         let winner = fanned.verdict?;
-        self.skipped("link", candidates & !targets, &scopes);
         let r = &self.replicas[winner];
         let dir = self.dir_fd(r, new_parent)?;
         let st = sys::statat(dir.as_fd(), new_name)?;
         let (keys, _) = self.identities(succeeded, new_parent, new_name, winner, &st);
         self.table().link(ino, new_parent, new_name, &keys);
         Ok(attr::file_attr(ino, &st))
-    }
-
-    /// Marks replicas that should have taken a change but were skipped because one of the
-    /// directories involved is out of date on them.
-    fn skipped(&self, op: &'static str, set: ReplicaSet, scopes: &[Scope]) {
-        let skipped: Vec<(usize, i32)> = self.members(set).map(|r| (r.index, 0)).collect();
-        self.diverged(op, &skipped, scopes);
     }
 
     pub fn unlink(&self, parent: Ino, name: &OsStr) -> io::Result<()> {
@@ -374,6 +371,7 @@ impl MirrorFs {
         self.settle(
             op,
             fanned.verdict.is_ok(),
+            fanned.attempted(),
             &fanned.diverged,
             &[Scope::Entries(parent)],
         );
@@ -399,16 +397,14 @@ impl MirrorFs {
         }
         self.check_name(new_parent, new_name)?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
-        let (targets, candidates, moving, displaced, dir_moves) = {
+        let (targets, moving, displaced, dir_moves) = {
             let t = self.table();
             let all = self.active();
-            let (a, b) = (t.fresh(parent, all), t.fresh(new_parent, all));
             let moving = t.child(parent, name);
             let displaced = t.child(new_parent, new_name);
             let is_dir = |i: Option<Ino>| i.and_then(|i| t.kind(i)) == Some(FileType::Directory);
             (
-                a & b,
-                a | b,
+                t.fresh(parent, all) & t.fresh(new_parent, all),
                 moving,
                 displaced,
                 is_dir(moving) || is_dir(displaced),
@@ -448,10 +444,13 @@ impl MirrorFs {
                 .rename(parent, name, new_parent, new_name, exchange);
             self.dropped(&gone);
         }
-        if fanned.verdict.is_ok() {
-            self.skipped("rename", candidates & !targets, &scopes);
-        }
-        self.settle("rename", fanned.verdict.is_ok(), &fanned.diverged, &scopes);
+        self.settle(
+            "rename",
+            fanned.verdict.is_ok(),
+            fanned.attempted(),
+            &fanned.diverged,
+            &scopes,
+        );
         fanned.verdict.map(drop)
     }
 }

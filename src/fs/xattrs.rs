@@ -70,6 +70,7 @@ impl MirrorFs {
         self.settle(
             "setxattr",
             fanned.verdict.is_ok(),
+            fanned.attempted(),
             &fanned.diverged,
             &[Scope::Data(ino)],
         );
@@ -84,6 +85,7 @@ impl MirrorFs {
         self.settle(
             "removexattr",
             fanned.verdict.is_ok(),
+            fanned.attempted(),
             &fanned.diverged,
             &[Scope::Data(ino)],
         );
