@@ -51,7 +51,8 @@ pub struct MountArgs {
 
     /// Mount options, comma-separated: allow_other, allow_root, default_permissions
     /// (always on), ro, rw, suid, nosuid, dev, nodev, exec, noexec, atime, noatime, sync,
-    /// async, dirsync, fsname=NAME, threads=N, cache_ttl=SECONDS. fstab-only options
+    /// async, dirsync, fsname=NAME, threads=N, cache_ttl=SECONDS, repair_rate=RATE.
+    /// fstab-only options
     /// (defaults, nofail, _netdev, noauto, x-...) are ignored.
     #[arg(short = 'o', value_name = "OPTS", action = clap::ArgAction::Append)]
     pub options: Vec<String>,
@@ -59,6 +60,11 @@ pub struct MountArgs {
     /// Threads serving FUSE requests [default: twice the CPU count, at least 2].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+
+    /// Bytes per second repair may copy, with a K, M or G suffix; 0 for no limit
+    /// [default: 100M].
+    #[arg(long, value_name = "RATE")]
+    pub repair_rate: Option<String>,
 
     /// Seconds the kernel may cache names and attributes [default: 1].
     #[arg(long, value_name = "SECONDS")]
@@ -110,23 +116,39 @@ pub struct HealthArgs {
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
-After a split brain (replicas that each changed while the other was away), keep one \
-replica's data: `mirrorfs repair --source KEEP OTHER...` with the mirror unmounted. The \
-other replicas lose their changes since they were last in sync and are compared in full \
-against KEEP at the next mount.")]
+Forms:
+  mirrorfs repair MOUNTPOINT          repair out-of-sync replicas now
+  mirrorfs repair --full MOUNTPOINT   compare every replica in full (metadata and
+                                      contents) against an in-sync one
+  mirrorfs repair --source KEEP OTHER...
+                                      with the mirror unmounted, after a split brain: keep
+                                      KEEP's data; the others lose their changes since they
+                                      were last in sync and are compared in full against it
+                                      at the next mount")]
 pub struct RepairArgs {
-    /// The replica whose data is kept.
-    #[arg(long, value_name = "REPLICA", required = true)]
-    pub source: PathBuf,
+    /// The replica whose data is kept (with the mirror unmounted).
+    #[arg(long, value_name = "REPLICA", conflicts_with = "full")]
+    pub source: Option<PathBuf>,
 
-    /// The other replicas of the mirror.
-    #[arg(value_name = "REPLICA", required = true)]
+    /// Compare every replica in full, not only what is recorded as out of sync.
+    #[arg(long)]
+    pub full: bool,
+
+    /// The mount point; with --source, the other replicas.
+    #[arg(value_name = "MOUNTPOINT | REPLICA...", required = true)]
     pub paths: Vec<PathBuf>,
 }
 
 /// Runs the command line and returns the process exit status.
 pub fn run() -> i32 {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Mount(_)) {
+        // A command whose output goes to a closed pipe (`| head`) just ends, like other
+        // command-line tools. The daemon keeps SIGPIPE ignored: a client that hangs up
+        // on the control socket must not kill it.
+        // SAFETY: setting a signal disposition before any other thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result: Result<i32, CliError> = match cli.command {
         Command::Mount(args) => crate::mount::run(args).map(|()| 0),
         Command::Umount(args) => crate::umount::run(args).map(|()| 0),

@@ -12,11 +12,15 @@ use std::time::Duration;
 use tracing::warn;
 
 use crate::fs::MirrorFs;
+use crate::fs::repair::Request;
 use crate::runtime;
 use crate::status::MirrorStatus;
 
 /// The request for the mirror's status.
 const STATUS: &str = "status";
+/// The requests that start repair now, or a full comparison.
+const REPAIR: &str = "repair";
+const REPAIR_FULL: &str = "repair-full";
 
 /// How long either side waits for the other.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -93,17 +97,41 @@ fn answer(fs: &MirrorFs, mount_point: &Path, stream: UnixStream) -> std::io::Res
             body.push(b'\n');
             out.write_all(&body)
         }
+        REPAIR | REPAIR_FULL => {
+            fs.repair.request(if line.trim() == REPAIR_FULL {
+                Request::Full
+            } else {
+                Request::Wake
+            });
+            out.write_all(b"{\"ok\":true}\n")
+        }
         other => out.write_all(format!("{{\"error\":\"unknown request {other:?}\"}}\n").as_bytes()),
     }
 }
 
-/// Asks the daemon of `mount_point` for its status, waiting at most [`TIMEOUT`] per step.
-pub fn status(mount_point: &Path) -> std::io::Result<MirrorStatus> {
+/// Sends one request to the daemon of `mount_point` and returns its answer line,
+/// waiting at most [`TIMEOUT`] per step.
+fn ask(mount_point: &Path, request: &str) -> std::io::Result<String> {
     let stream = UnixStream::connect(socket_path(mount_point))?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
-    (&stream).write_all(format!("{STATUS}\n").as_bytes())?;
+    (&stream).write_all(format!("{request}\n").as_bytes())?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
-    serde_json::from_str(&line).map_err(std::io::Error::other)
+    Ok(line)
+}
+
+/// Asks the daemon of `mount_point` for its status.
+pub fn status(mount_point: &Path) -> std::io::Result<MirrorStatus> {
+    serde_json::from_str(&ask(mount_point, STATUS)?).map_err(std::io::Error::other)
+}
+
+/// Asks the daemon of `mount_point` to repair now (`full`: compare every replica in full).
+pub fn repair(mount_point: &Path, full: bool) -> std::io::Result<()> {
+    let answer = ask(mount_point, if full { REPAIR_FULL } else { REPAIR })?;
+    if answer.contains("\"ok\":true") {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(answer.trim().to_string()))
+    }
 }

@@ -94,6 +94,10 @@ fn judge(s: &MirrorStatus) -> (Level, String) {
     if failed > 0 {
         parts.push(format!("{failed}/{total} failed"));
     }
+    if s.repair.running {
+        let eta = s.repair.eta_seconds.map_or("unknown".to_string(), duration);
+        parts.push(format!("repair {:.0}% ETA {eta}", s.repair.percent));
+    }
     (Level::Warning, parts.join(", "))
 }
 
@@ -139,6 +143,15 @@ fn ago(time: u64) -> String {
     format!("{}s ago", now.saturating_sub(time))
 }
 
+/// A duration for people: 45s, 3m, 2h10m.
+fn duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s.div_ceil(60)),
+        s => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
 fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
@@ -168,6 +181,13 @@ fn replica_line(r: &ReplicaStatus) -> String {
         l.push_str(", needs a full comparison");
     }
     l.push_str(&format!(", {} paths out of sync", r.out_of_sync_count));
+    if r.pending_files + r.pending_bytes > 0 {
+        l.push_str(&format!(
+            ", {} paths / {} pending repair",
+            r.pending_files,
+            bytes(r.pending_bytes)
+        ));
+    }
     if r.errors > 0 {
         let kinds: Vec<String> = r
             .errors_by_kind
@@ -199,11 +219,14 @@ fn print_text(r: &Report) {
     if let Some(d) = &r.daemon {
         let total = d.replicas.len();
         let paths: usize = d.replicas.iter().map(|x| x.out_of_sync_count).sum();
+        let pending: u64 = d.replicas.iter().map(|x| x.pending_bytes).sum();
         line.push_str(&format!(
             " | 'degraded'={};0;1;0;{total} 'failed'={};0;1;0;{total} \
-             'out_of_sync_paths'={paths};;;0",
+             'out_of_sync_paths'={paths};;;0 'repair_pending_bytes'={pending}B;;;0 \
+             'repaired_bytes'={}B;;;0",
             d.count(ReplicaState::Degraded),
             d.count(ReplicaState::Failed),
+            d.repair.bytes_repaired,
         ));
     }
     println!("{line}");

@@ -1,31 +1,71 @@
-//! `mirrorfs repair --source KEEP OTHER...`: after a split brain, keep one replica's data.
-//! Works on unmounted replicas: the other replicas are recorded as behind KEEP and to be
-//! compared in full against it at the next mount, which brings them in line.
+//! `mirrorfs repair`: on a mounted mirror, start repairing now (or compare every replica
+//! in full); on unmounted replicas after a split brain, keep one replica's data.
 
 use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::cli::RepairArgs;
 use crate::cli_error;
+use crate::control;
 use crate::error::CliError;
 use crate::membership::{self, assemble};
 use crate::mount::{lock, plan};
-use crate::sys;
+use crate::{mountinfo, sys};
 
 pub fn run(args: RepairArgs) -> Result<(), CliError> {
-    // The source also given among the others counts once.
-    let same = |a: &PathBuf, b: &PathBuf| match (std::fs::canonicalize(a), std::fs::canonicalize(b))
-    {
-        (Ok(x), Ok(y)) => x == y,
-        _ => a == b,
-    };
-    let mut paths: Vec<PathBuf> = vec![args.source.clone()];
-    paths.extend(
-        args.paths
-            .iter()
-            .filter(|p| !same(p, &args.source))
-            .cloned(),
+    match &args.source {
+        Some(source) => keep(source, &args.paths),
+        None => match args.paths.as_slice() {
+            [mount_point] => start(mount_point, args.full),
+            _ => Err(cli_error!(
+                "give one mount point (or --source KEEP and the other replicas)"
+            )),
+        },
+    }
+}
+
+/// Asks the daemon of `mount_point` to repair now, or to compare in full.
+fn start(mount_point: &Path, full: bool) -> Result<(), CliError> {
+    let mount_point = std::fs::canonicalize(mount_point)
+        .map_err(|e| cli_error!("{}: {}", mount_point.display(), sys::describe(&e)))?;
+    match mountinfo::mounted_at(&mount_point) {
+        Ok(Some(m)) if m.fs_type == mountinfo::FS_TYPE => {}
+        _ => {
+            return Err(cli_error!(
+                "{} is not a mirrorfs mount",
+                mount_point.display()
+            ));
+        }
+    }
+    control::repair(&mount_point, full).map_err(|e| {
+        cli_error!(
+            "the daemon of {} did not answer: {}",
+            mount_point.display(),
+            sys::describe(&e)
+        )
+    })?;
+    println!(
+        "{}; follow it with `mirrorfs health {}`",
+        if full {
+            "full comparison started"
+        } else {
+            "repair started"
+        },
+        mount_point.display()
     );
+    Ok(())
+}
+
+/// After a split brain: `source`'s data is kept; the `others` are recorded as behind it
+/// and to be compared in full at the next mount.
+fn keep(source: &PathBuf, others: &[PathBuf]) -> Result<(), CliError> {
+    // The source also given among the others counts once.
+    let same = |a: &PathBuf| match (std::fs::canonicalize(a), std::fs::canonicalize(source)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == source,
+    };
+    let mut paths: Vec<PathBuf> = vec![source.clone()];
+    paths.extend(others.iter().filter(|p| !same(p)).cloned());
     let (replicas, roots) = plan::open_replicas(&paths)?;
     let mut locks = lock::lock_existing(&replicas, &roots)?;
     let given = membership::read_given(&replicas, &roots)

@@ -71,14 +71,9 @@ impl Latency {
     }
 }
 
-/// Whether `dir` (open as `fd`) lies on another filesystem than its parent directory.
-pub fn is_mount_root(dir: &Path, fd: &OwnedFd) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let parent = dir.parent().unwrap_or(dir);
-    match (sys::fstat(fd.as_fd()), std::fs::metadata(parent)) {
-        (Ok(st), Ok(p)) => st.st_dev != p.dev(),
-        _ => false,
-    }
+/// Whether something (a filesystem, a bind mount) is mounted at `dir`.
+pub fn is_mount_point(dir: &Path) -> bool {
+    crate::mountinfo::mounted_at(dir).is_ok_and(|m| m.is_some())
 }
 
 #[derive(Debug)]
@@ -86,8 +81,8 @@ pub struct Replica {
     pub index: usize,
     /// The directory as given at mount, made absolute.
     pub path: PathBuf,
-    /// The replica was the root of a filesystem of its own when mounted: it comes back
-    /// only as one (never as the bare directory the filesystem was mounted on).
+    /// Something was mounted at the replica's path when the mirror was mounted: it comes
+    /// back only as a mount point again (never as the bare directory under it).
     pub own_filesystem: bool,
     root: RwLock<Arc<OwnedFd>>,
     dirs: Mutex<HashMap<Ino, Arc<OwnedFd>>>,
@@ -108,7 +103,7 @@ impl Replica {
         Replica {
             index,
             path: path.to_path_buf(),
-            own_filesystem: is_mount_root(path, &root),
+            own_filesystem: is_mount_point(path),
             root: RwLock::new(Arc::new(root)),
             dirs: Mutex::new(HashMap::new()),
             errors: Mutex::new(BTreeMap::new()),

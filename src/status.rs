@@ -77,16 +77,37 @@ pub struct ReplicaStatus {
     pub write_latency_us: f64,
     /// Space available on the replica's filesystem.
     pub free_bytes: u64,
+    /// Paths and (estimated) bytes waiting for repair.
+    pub pending_files: u64,
+    pub pending_bytes: u64,
 }
 
 /// How many out-of-sync paths a status lists per replica.
 pub const OUT_OF_SYNC_LISTED: usize = 100;
+
+/// The repair in progress (counters of the current run) and totals since mount.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RepairStatus {
+    pub running: bool,
+    pub files_done: u64,
+    pub files_total: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub percent: f64,
+    pub rate_bytes_per_second: f64,
+    /// Estimated seconds left while running.
+    pub eta_seconds: Option<u64>,
+    /// Since mount: bytes written to replicas being repaired, and paths repaired.
+    pub bytes_repaired: u64,
+    pub files_repaired: u64,
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct MirrorStatus {
     pub mount_point: PathBuf,
     pub pid: u32,
     pub replicas: Vec<ReplicaStatus>,
+    pub repair: RepairStatus,
     /// Paths whose contents no replica holds current (at most [`OUT_OF_SYNC_LISTED`]).
     pub unavailable: Vec<String>,
 }

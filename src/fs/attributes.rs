@@ -4,9 +4,8 @@
 //! A time given as "now" is read once and written to every replica, so replicas agree on
 //! the timestamps an operation sets.
 
-use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::SystemTime;
 
 use fuser::{FileAttr, FileType, TimeOrNow};
@@ -16,6 +15,7 @@ use crate::fs::fanout;
 use crate::fs::handles::OpenFile;
 use crate::fs::inode::Ino;
 use crate::fs::mirror::{MirrorFs, Scope};
+use crate::fs::object::Object;
 use crate::replica::Replica;
 use crate::sys::{self, Time};
 
@@ -31,6 +31,28 @@ pub struct AttrChanges {
 }
 
 impl AttrChanges {
+    /// Applies the changes to one replica's object, with the times already resolved.
+    fn apply(&self, obj: &Object<'_>, atime: Time, mtime: Time) -> io::Result<()> {
+        // chown first: it may clear set-user-ID bits that a mode in the same request sets.
+        if self.uid.is_some() || self.gid.is_some() {
+            obj.chown(self.uid, self.gid)?;
+        }
+        if let Some(mode) = self.mode {
+            obj.chmod(mode & 0o7777)?;
+        }
+        if let Some(size) = self.size {
+            obj.truncate(size)?;
+        }
+        if self.atime.is_some() || self.mtime.is_some() {
+            obj.utimens(atime, mtime)?;
+        }
+        if self.is_empty() {
+            // chown(-1, -1): nothing changes but the ctime, as on a local filesystem.
+            obj.chown(None, None)?;
+        }
+        Ok(())
+    }
+
     fn is_empty(&self) -> bool {
         self.mode.is_none()
             && self.uid.is_none()
@@ -38,66 +60,6 @@ impl AttrChanges {
             && self.size.is_none()
             && self.atime.is_none()
             && self.mtime.is_none()
-    }
-}
-
-/// The object a change is made on: an open descriptor, or a name in a directory.
-enum Object<'a> {
-    Fd(BorrowedFd<'a>),
-    At(BorrowedFd<'a>, &'a OsStr),
-}
-
-impl Object<'_> {
-    fn chown(&self, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
-        match *self {
-            Object::Fd(fd) => sys::fchown(fd, uid, gid),
-            Object::At(dir, name) => sys::chownat(dir, name, uid, gid),
-        }
-    }
-
-    fn chmod(&self, mode: u32) -> io::Result<()> {
-        match *self {
-            Object::Fd(fd) => sys::fchmod(fd, mode),
-            Object::At(dir, name) => sys::chmodat(dir, name, mode),
-        }
-    }
-
-    fn truncate(&self, size: u64) -> io::Result<()> {
-        match *self {
-            Object::Fd(fd) => sys::ftruncate(fd, size),
-            Object::At(dir, name) => {
-                let fd = sys::open_regular(dir, name, libc::O_WRONLY | libc::O_NOCTTY)?;
-                sys::ftruncate(fd.as_fd(), size)
-            }
-        }
-    }
-
-    fn utimens(&self, atime: Time, mtime: Time) -> io::Result<()> {
-        match *self {
-            Object::Fd(fd) => sys::futimens(fd, atime, mtime),
-            Object::At(dir, name) => sys::utimensat(dir, name, atime, mtime),
-        }
-    }
-
-    fn apply(&self, c: &AttrChanges, atime: Time, mtime: Time) -> io::Result<()> {
-        // chown first: it may clear set-user-ID bits that a mode in the same request sets.
-        if c.uid.is_some() || c.gid.is_some() {
-            self.chown(c.uid, c.gid)?;
-        }
-        if let Some(mode) = c.mode {
-            self.chmod(mode & 0o7777)?;
-        }
-        if let Some(size) = c.size {
-            self.truncate(size)?;
-        }
-        if c.atime.is_some() || c.mtime.is_some() {
-            self.utimens(atime, mtime)?;
-        }
-        if c.is_empty() {
-            // chown(-1, -1): nothing changes but the ctime, as on a local filesystem.
-            self.chown(None, None)?;
-        }
-        Ok(())
     }
 }
 
@@ -131,8 +93,7 @@ impl MirrorFs {
         }
         let fanned = fanout::apply(&self.replicas, targets, |r| {
             self.with_object(r, ino, handle.as_deref(), |obj| {
-                obj.apply(&changes, atime, mtime)?;
-                Ok(())
+                changes.apply(&obj, atime, mtime)
             })
         });
         self.settle(

@@ -167,6 +167,17 @@ impl InodeTable {
             .copied()
     }
 
+    /// Every known name of `ino`, the first one first.
+    pub fn links(&self, ino: Ino) -> Vec<(Ino, Name)> {
+        self.nodes.get(&ino).map_or_else(Vec::new, |n| {
+            n.link
+                .iter()
+                .chain(n.extra_links.iter())
+                .map(|l| (l.parent, l.name.clone()))
+                .collect()
+        })
+    }
+
     /// One name of `ino`: its parent and name, or `None` for the root and for nodes whose
     /// every name has been removed (unlinked but still open).
     pub fn location(&self, ino: Ino) -> Option<(Ino, Name)> {

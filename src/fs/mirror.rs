@@ -34,6 +34,8 @@ pub fn divergence_reason(errno: i32) -> String {
 pub struct FsOptions {
     /// How long the kernel may cache attributes and names.
     pub ttl: Duration,
+    /// Bytes per second repair may copy (0: no limit).
+    pub repair_rate: u64,
 }
 
 /// What a replica that diverged is out of sync for.
@@ -99,10 +101,12 @@ pub struct MirrorFs {
     locks: InodeLocks,
     pub(crate) options: FsOptions,
     pub(crate) backoff: crate::fs::probe::Backoff,
+    pub(crate) repair: crate::fs::repair::Repair,
 }
 
 impl MirrorFs {
     pub fn new(replicas: Vec<Replica>, options: FsOptions, set: MirrorSet) -> MirrorFs {
+        let repair = crate::fs::repair::Repair::new(options.repair_rate);
         MirrorFs {
             replicas,
             set,
@@ -113,6 +117,7 @@ impl MirrorFs {
             locks: InodeLocks::new(),
             options,
             backoff: Default::default(),
+            repair,
         }
     }
 

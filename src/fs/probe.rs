@@ -152,7 +152,7 @@ impl MirrorFs {
         let Ok(root) = sys::open_path(&path, libc::O_PATH | libc::O_DIRECTORY) else {
             return;
         };
-        if r.own_filesystem && !crate::replica::is_mount_root(&r.path, &root) {
+        if r.own_filesystem && !crate::replica::is_mount_point(&r.path) {
             // Only the directory its filesystem was mounted on: not the replica.
             return;
         }
@@ -190,6 +190,7 @@ impl MirrorFs {
         self.reset_backoff(r);
         self.set.readmit(r, true);
         info!(replica = %r.path.display(), "replica is back; it will be compared in full");
+        self.repair.request(crate::fs::repair::Request::Wake);
     }
 
     /// Tries a failed replica; re-admits it if it works.
@@ -213,5 +214,6 @@ impl MirrorFs {
             replica = %r.path.display(),
             "replica works again; repair brings it what it missed"
         );
+        self.repair.request(crate::fs::repair::Request::Wake);
     }
 }

@@ -82,6 +82,8 @@ impl MirrorFs {
                     read_latency_us: r.read_latency.micros(),
                     write_latency_us: r.write_latency.micros(),
                     free_bytes: r.free_bytes(),
+                    pending_files: self.repair.pending(r.index).0,
+                    pending_bytes: self.repair.pending(r.index).1,
                 }
             })
             .collect();
@@ -100,6 +102,7 @@ impl MirrorFs {
             mount_point: mount_point.to_path_buf(),
             pid: std::process::id(),
             replicas,
+            repair: self.repair.status(),
             unavailable,
         }
     }

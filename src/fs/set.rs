@@ -132,6 +132,19 @@ impl MirrorSet {
         }
     }
 
+    /// Replica `replica` must be compared in full before it is used again.
+    pub fn require_full(&self, replicas: &[Replica], replica: &Replica) {
+        let bit = 1 << replica.index;
+        self.full.fetch_or(bit, Ordering::AcqRel);
+        self.active.fetch_and(!bit, Ordering::AcqRel);
+        self.fell_behind(replicas, bit);
+    }
+
+    /// A full comparison of `index` is done; the marks made meanwhile remain to repair.
+    pub fn full_done(&self, index: usize) {
+        self.full.fetch_and(!(1 << index), Ordering::AcqRel);
+    }
+
     /// Replica `index` holds every change again: it takes the head generation and takes
     /// part in everything.
     pub fn caught_up(&self, replica: &Replica) {

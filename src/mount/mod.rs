@@ -59,6 +59,10 @@ fn fuse_config(opts: &MountOptions, threads: usize) -> Config {
     config
 }
 
+/// Bytes per second repair copies unless told otherwise: well below what a disk does, so
+/// that applications keep most of it.
+const DEFAULT_REPAIR_RATE: u64 = 100 << 20;
+
 /// The longest cache TTL accepted: a day.
 const MAX_TTL: f64 = 86_400.0;
 
@@ -78,7 +82,12 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
             "cache_ttl must be a number of seconds from 0 to {MAX_TTL}"
         ));
     }
+    let repair_rate = match args.repair_rate.as_deref().or(opts.repair_rate.as_deref()) {
+        Some(text) => options::parse_rate(text)?,
+        None => DEFAULT_REPAIR_RATE,
+    };
     let fs_options = FsOptions {
+        repair_rate,
         ttl: Duration::from_secs_f64(ttl),
     };
     let config = fuse_config(&opts, threads);
@@ -336,6 +345,7 @@ fn start(
         cli_error!("cannot open the control socket: {}", sys::describe(&e))
     })?;
     crate::fs::probe::spawn(fs.clone());
+    crate::fs::repair::spawn(fs.clone());
     watch_signals(signals, mount_point.clone(), log);
     info!(mount_point = %mount_point.display(), replicas = ?paths, "mounted");
     Ok(Mounted {

@@ -14,6 +14,7 @@ pub struct MountOptions {
     pub fsname: Option<String>,
     pub threads: Option<usize>,
     pub cache_ttl: Option<f64>,
+    pub repair_rate: Option<String>,
 }
 
 impl Default for MountOptions {
@@ -25,6 +26,7 @@ impl Default for MountOptions {
             fsname: None,
             threads: None,
             cache_ttl: None,
+            repair_rate: None,
         }
     }
 }
@@ -39,6 +41,23 @@ fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, CliError> {
     value
         .parse()
         .map_err(|_| cli_error!("mount option {key}={value}: not a valid number"))
+}
+
+/// A repair rate in bytes per second: a number with an optional K, M or G suffix
+/// (binary multiples); 0 for no limit.
+pub fn parse_rate(text: &str) -> Result<u64, CliError> {
+    let t = text.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| cli_error!("repair rate {text:?}: give bytes per second, like 50M"))
 }
 
 /// The mount flag an option sets (`true`) or clears (`false`).
@@ -79,6 +98,7 @@ pub fn parse(groups: &[String]) -> Result<MountOptions, CliError> {
             ("fsname", Some(v)) if !v.is_empty() => o.fsname = Some(v.to_string()),
             ("threads", Some(v)) => o.threads = Some(number(key, v)?),
             ("cache_ttl", Some(v)) => o.cache_ttl = Some(number(key, v)?),
+            ("repair_rate", Some(v)) => o.repair_rate = Some(v.to_string()),
             ("defaults" | "auto" | "noauto" | "user" | "nouser" | "users" | "_netdev", None)
             | ("nofail" | "relatime" | "norelatime" | "strictatime" | "lazytime", None) => {}
             (k, _) if k.starts_with("x-") || k.starts_with("comment=") => {}
@@ -116,6 +136,14 @@ mod tests {
         assert_eq!(o.threads, Some(8));
         let o = parse(&["suid,dev,noexec".into()]).unwrap();
         assert_eq!(o.flags, libc::MS_NOEXEC);
+    }
+
+    #[test]
+    fn parses_rates() {
+        assert_eq!(parse_rate("0").unwrap(), 0);
+        assert_eq!(parse_rate("50M").unwrap(), 50 << 20);
+        assert_eq!(parse_rate("2G").unwrap(), 2 << 30);
+        assert!(parse_rate("fast").is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Replicas that fail for real: a dead disk (the fault filesystem), a filesystem that
-//! turns read-only, a filesystem that vanishes. The failing replica is skipped, logged
-//! once and reported; the mount keeps serving; a replica that works again is re-admitted.
+//! fills up, turns read-only, or vanishes. The failing replica is skipped, logged once and
+//! reported; the mount keeps serving; a replica that works again is re-admitted and
+//! repaired until every replica is identical again.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -75,12 +76,37 @@ fn a_failed_replica_is_readmitted_when_it_works_again() {
     let r1 = &m.status()["daemon"]["replicas"][1];
     assert_eq!(r1["failure"]["errno"], libc::EIO);
     assert!(r1["errors_by_kind"]["EIO"].as_u64().unwrap() >= 1);
+    fs::create_dir(m.path("dir-during")).unwrap();
+    fs::rename(m.path("before"), m.path("dir-during/moved")).unwrap();
     m.faults(1).dead.store(false, Ordering::Relaxed);
-    wait_for_state(&m, 1, "degraded");
+    m.wait_in_sync();
     assert!(m.log().contains("replica works again"));
+    m.assert_in_sync();
     // Re-admitted, it takes new changes again.
     fs::write(m.path("after"), b"3").unwrap();
     assert_eq!(fs::read(m.dir.path().join("backing1/after")).unwrap(), b"3");
+}
+
+#[test]
+fn a_replica_that_fills_up_is_repaired_once_it_has_room() {
+    let m = Mirror::setup(3).tmpfs(1, "1m").mount();
+    let data: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
+    fs::write(m.path("big"), &data).unwrap();
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/small"), b"small").unwrap();
+    assert_eq!(state(&m, 1), "failed");
+    assert_eq!(fs::read(m.path("big")).unwrap(), data);
+    run(Command::new("mount")
+        .args(["-o", "remount,size=16m"])
+        .arg(&m.replicas[1]));
+    m.wait_in_sync();
+    m.assert_in_sync();
+    assert_eq!(fs::read(m.replica(1, "big")).unwrap(), data);
+    let repaired = &m.status()["daemon"]["repair"];
+    assert!(
+        repaired["bytes_repaired"].as_u64().unwrap() >= 3 << 20,
+        "{repaired}"
+    );
 }
 
 #[test]
@@ -102,7 +128,8 @@ fn a_replica_that_turns_read_only_fails_and_comes_back() {
     run(Command::new("mount")
         .args(["-o", "remount,bind,rw"])
         .arg(&r1));
-    wait_for_state(&m, 1, "degraded");
+    m.wait_in_sync();
+    m.assert_in_sync();
 }
 
 #[test]
@@ -119,10 +146,32 @@ fn a_replica_whose_filesystem_vanishes_fails_and_is_compared_in_full_when_back()
         .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
         .arg(&r1));
     let _tmpfs = Unmount(r1.clone());
-    wait_for_state(&m, 1, "degraded");
-    let st = m.status();
-    assert_eq!(st["daemon"]["replicas"][1]["needs_full"], true, "{st}");
-    assert!(r1.join(".mirrorfs/state.json").exists());
+    m.wait_in_sync();
+    m.assert_in_sync();
+    assert_eq!(fs::read(r1.join("f")).unwrap(), b"after");
+    assert!(m.log().contains("compared in full"));
+}
+
+#[test]
+fn a_replica_that_comes_back_with_its_old_contents_is_brought_up_to_date() {
+    let m = Mirror::setup(2).bind(1).mount();
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/kept"), b"old").unwrap();
+    fs::write(m.path("d/removed"), b"x").unwrap();
+    let r1 = m.replicas[1].clone();
+    run(Command::new("umount").arg("-l").arg(&r1));
+    wait_for_state(&m, 1, "failed");
+    fs::write(m.path("d/kept"), b"new").unwrap();
+    fs::remove_file(m.path("d/removed")).unwrap();
+    fs::write(m.path("d/added"), b"added").unwrap();
+    // The same filesystem, with what it held, comes back.
+    run(Command::new("mount")
+        .arg("--bind")
+        .arg(m.dir.path().join("backing1"))
+        .arg(&r1));
+    m.wait_in_sync();
+    m.assert_in_sync();
+    assert!(!r1.join("d/removed").exists());
 }
 
 #[test]
@@ -140,4 +189,64 @@ fn health_reports_latency_and_free_space() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("'failed'=0;0;1;0;2"), "{text}");
     assert!(text.contains("latency read"), "{text}");
+}
+
+#[test]
+fn repair_full_finds_and_fixes_what_no_record_knows() {
+    let m = Mirror::new(3);
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/f"), b"the right bytes").unwrap();
+    fs::write(m.path("g"), vec![7u8; 3 << 20]).unwrap();
+    std::os::unix::fs::symlink("d/f", m.path("l")).unwrap();
+    m.wait_in_sync();
+    // Replica 2 rots behind the mirror's back: same size, other bytes; a lost file; an
+    // extra file; a changed mode.
+    fs::write(m.replica(2, "d/f"), b"the wrong bytes").unwrap();
+    let mut g = fs::read(m.replica(2, "g")).unwrap();
+    g[2 << 20] ^= 0xff;
+    fs::write(m.replica(2, "g"), &g).unwrap();
+    fs::remove_file(m.replica(2, "l")).unwrap();
+    fs::write(m.replica(2, "d/extra"), b"x").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(m.replica(2, "d"), fs::Permissions::from_mode(0o700)).unwrap();
+    let out = mirrorfs(&[
+        OsStr::new("repair"),
+        OsStr::new("--full"),
+        m.mnt.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    m.wait_in_sync();
+    m.assert_in_sync();
+    assert_eq!(fs::read(m.replica(2, "d/f")).unwrap(), b"the right bytes");
+}
+
+#[test]
+fn writes_during_a_repair_are_neither_lost_nor_left_different() {
+    let m = Mirror::setup(2)
+        .faulty(1)
+        .args(&["--repair-rate", "4M"])
+        .mount();
+    m.faults(1).dead.store(true, Ordering::Relaxed);
+    fs::write(m.path("big"), vec![1u8; 16 << 20]).unwrap();
+    m.faults(1).dead.store(false, Ordering::Relaxed);
+    // While the slow repair copies it, the file keeps changing.
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("big"))
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    for i in 0..40u64 {
+        f.write_all_at(&[i as u8 + 2; 4096], (i * 397_123) % (16 << 20))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f.write_all_at(b"tail", 16 << 20).unwrap();
+    drop(f);
+    m.wait_in_sync();
+    m.assert_in_sync();
 }

@@ -234,6 +234,23 @@ impl Mirror {
         }
     }
 
+    /// Waits (up to 60 s) until `mirrorfs health` reports every replica in sync.
+    pub fn wait_in_sync(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = mirrorfs(&[OsStr::new("health"), self.mnt.as_os_str()]);
+            if out.status.code() == Some(0) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas did not come back in sync: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// The status the daemon reports, as JSON.
     pub fn status(&self) -> serde_json::Value {
         let out = mirrorfs(&[

@@ -1,0 +1,233 @@
+//! Copying objects between replicas, below the inode table: snapshots of what a replica
+//! holds at a name, attribute copies, leaf objects made under a temporary name in the
+//! replica's metadata directory and installed with one rename (so an interrupted repair
+//! leaves nothing half-made in view), the trash where entries a replica must lose go, and
+//! chunked content copies and comparisons.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+use crate::fs::attr;
+use crate::fs::object::Object;
+use crate::membership::state::new_id;
+use crate::names::META_DIR;
+use crate::sys::{self, Stat};
+
+/// The unit content is copied and compared in.
+pub const CHUNK: u64 = 1 << 20;
+
+const TMP_DIR: &str = "tmp";
+const TRASH_DIR: &str = "trash";
+
+/// What a replica holds at one name.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub st: Stat,
+    pub xattrs: Vec<(OsString, Vec<u8>)>,
+    /// A symlink's target.
+    pub target: Option<Vec<u8>>,
+}
+
+impl Snapshot {
+    pub fn kind(&self) -> u32 {
+        self.st.st_mode & libc::S_IFMT
+    }
+
+    pub fn of(obj: &Object<'_>) -> io::Result<Snapshot> {
+        let st = obj.stat()?;
+        let target = match (st.st_mode & libc::S_IFMT, obj) {
+            (libc::S_IFLNK, Object::At(dir, name)) => Some(sys::readlinkat(*dir, name)?),
+            _ => None,
+        };
+        Ok(Snapshot {
+            st,
+            xattrs: obj.xattrs()?,
+            target,
+        })
+    }
+
+    /// Whether `other` is the same object as far as a mirror promises: kind, size, mode,
+    /// owner, device number, symlink target, xattrs, and the mtime of anything but a
+    /// directory.
+    pub fn same_as(&self, other: &Snapshot) -> bool {
+        let (a, b) = (&self.st, &other.st);
+        let kind = self.kind();
+        self.kind() == other.kind()
+            && (kind == libc::S_IFDIR || a.st_size == b.st_size)
+            && a.st_mode == b.st_mode
+            && (a.st_uid, a.st_gid) == (b.st_uid, b.st_gid)
+            && a.st_rdev == b.st_rdev
+            && self.target == other.target
+            && self.xattrs == other.xattrs
+            && (kind == libc::S_IFDIR
+                || (a.st_mtime, a.st_mtime_nsec) == (b.st_mtime, b.st_mtime_nsec))
+    }
+
+    /// Makes `obj`'s attributes this snapshot's: owner, mode, xattrs, then times (last,
+    /// since the others change the ctime only).
+    pub fn apply_to(&self, obj: &Object<'_>) -> io::Result<()> {
+        obj.chown(Some(self.st.st_uid), Some(self.st.st_gid))?;
+        if self.kind() != libc::S_IFLNK {
+            obj.chmod(self.st.st_mode & 0o7777)?;
+        }
+        obj.set_xattrs(&self.xattrs)?;
+        let (atime, mtime) = attr::times_of(&self.st);
+        obj.utimens(atime, mtime)
+    }
+}
+
+fn meta_subdir(root: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
+    let meta = sys::openat(
+        root,
+        OsStr::new(META_DIR),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )?;
+    match sys::mkdirat(meta.as_fd(), OsStr::new(name), 0o700) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(e),
+    }
+    sys::openat(
+        meta.as_fd(),
+        OsStr::new(name),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+}
+
+/// The replica's area for objects being made, and a fresh name in it.
+pub fn temp(root: BorrowedFd<'_>) -> io::Result<(OwnedFd, OsString)> {
+    Ok((
+        meta_subdir(root, TMP_DIR)?,
+        OsString::from(format!("repair.{}", new_id())),
+    ))
+}
+
+/// Makes, at `tmp/name`, an object of `snap`'s kind with its contents where it has no
+/// data of its own (a symlink's target, a device number); regular files are made empty.
+pub fn make_leaf(tmp: BorrowedFd<'_>, name: &OsStr, snap: &Snapshot) -> io::Result<()> {
+    match snap.kind() {
+        libc::S_IFLNK => {
+            let target = snap.target.clone().unwrap_or_default();
+            sys::symlinkat(&OsString::from_vec(target), tmp, name)
+        }
+        libc::S_IFREG => sys::openat(
+            tmp,
+            name,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+            0o600,
+        )
+        .map(drop),
+        libc::S_IFDIR => sys::mkdirat(tmp, name, 0o700),
+        kind => sys::mknodat(tmp, name, kind | 0o600, snap.st.st_rdev),
+    }
+}
+
+/// Moves `from/from_name` over `dir/name` on one replica.
+pub fn install(
+    from: BorrowedFd<'_>,
+    from_name: &OsStr,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+) -> io::Result<()> {
+    sys::renameat2(from, from_name, dir, name, 0)
+}
+
+/// Moves `dir/name` out of a replica's tree into its trash and deletes it there.
+pub fn discard(root: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let trash = meta_subdir(root, TRASH_DIR)?;
+    let gone = OsString::from(new_id());
+    sys::renameat2(dir, name, trash.as_fd(), &gone, 0)?;
+    remove_tree(trash.as_fd(), &gone)
+}
+
+/// Removes `dir/name` and everything below it, never following a symlink.
+pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    match sys::unlinkat(dir, name, false) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {}
+        Err(e) => return Err(e),
+    }
+    let sub = sys::openat(dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    for entry in sys::read_dir(&sub)? {
+        remove_tree(sub.as_fd(), OsStr::from_bytes(&entry.name))?;
+    }
+    sys::unlinkat(dir, name, true)
+}
+
+/// A failure in a copy, on the side it happened.
+#[derive(Debug)]
+pub enum CopyError {
+    Source(io::Error),
+    Target(io::Error),
+}
+
+/// Copies `len` bytes at `off` from `src` to `dst`, returning the count copied (less at
+/// the end of the source).
+pub fn copy_bytes(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    off: u64,
+    len: u64,
+) -> Result<u64, CopyError> {
+    let mut buf = vec![0u8; len as usize];
+    let n = sys::pread_full(src, &mut buf, off).map_err(CopyError::Source)?;
+    sys::pwrite_all(dst, &buf[..n], off).map_err(|(_, e)| CopyError::Target(e))?;
+    Ok(n as u64)
+}
+
+/// Compares `len` bytes at `off` and rewrites them on `dst` where they differ; returns
+/// (bytes read from the source, bytes written).
+pub fn sync_bytes(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    off: u64,
+    len: u64,
+) -> Result<(u64, u64), CopyError> {
+    let mut want = vec![0u8; len as usize];
+    let n = sys::pread_full(src, &mut want, off).map_err(CopyError::Source)?;
+    let mut have = vec![0u8; n];
+    let m = sys::pread_full(dst, &mut have, off).map_err(CopyError::Target)?;
+    if m == n && have[..] == want[..n] {
+        return Ok((n as u64, 0));
+    }
+    sys::pwrite_all(dst, &want[..n], off).map_err(|(_, e)| CopyError::Target(e))?;
+    Ok((n as u64, n as u64))
+}
+
+/// Lists a directory (open for reading) as (name, file type bits), without `.mirrorfs`
+/// when `is_root`.
+pub fn list(dir: &OwnedFd, is_root: bool) -> io::Result<Vec<(OsString, u32)>> {
+    let mut out = Vec::new();
+    for e in sys::read_dir(dir)? {
+        let name = OsString::from_vec(e.name);
+        if is_root && name == META_DIR {
+            continue;
+        }
+        let kind = match attr::kind_of_dirent(e.kind) {
+            Some(_) => dirent_mode(e.kind),
+            None => match sys::statat(dir.as_fd(), &name) {
+                Ok(st) => st.st_mode & libc::S_IFMT,
+                Err(_) => continue,
+            },
+        };
+        out.push((name, kind));
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn dirent_mode(d_type: u8) -> u32 {
+    match d_type {
+        libc::DT_DIR => libc::S_IFDIR,
+        libc::DT_LNK => libc::S_IFLNK,
+        libc::DT_FIFO => libc::S_IFIFO,
+        libc::DT_SOCK => libc::S_IFSOCK,
+        libc::DT_CHR => libc::S_IFCHR,
+        libc::DT_BLK => libc::S_IFBLK,
+        _ => libc::S_IFREG,
+    }
+}

@@ -1,0 +1,346 @@
+//! Repairing out-of-sync marks, one (inode, replica) at a time, from a replica current for
+//! that inode.
+//!
+//! - Contents (`data` marks): a regular file the target has is brought in line in place,
+//!   chunk by chunk (its hard links stay links); one it lacks is copied into a temporary
+//!   file and installed with one rename. Symlinks and special files are made under a
+//!   temporary name and installed the same way. A directory is made if missing and its
+//!   listing is then reconciled. Attributes follow: owner, mode, xattrs, times.
+//! - Listings (`entries` marks): names the target has and the source lacks are discarded;
+//!   names it lacks, or holds as another kind, are marked for their contents, which makes
+//!   them.
+//!
+//! A mark is cleared only if nothing marked the inode again while it was repaired.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+
+use fuser::FileType;
+use tracing::debug;
+
+use super::copy::{self, CHUNK, CopyError, Snapshot};
+use crate::fs::attr;
+use crate::fs::inode::{Ino, ROOT, ReplicaSet};
+use crate::fs::mirror::{MirrorFs, Scope};
+use crate::fs::object::Object;
+use crate::replica::Replica;
+use crate::sys;
+
+/// How many passes over the marks one round makes (a pass can create new marks: the
+/// contents of names a listing repair found missing).
+const PASSES: usize = 16;
+
+/// A repair step that failed, and on which replica.
+#[derive(Debug)]
+pub(super) enum Failed {
+    Source(io::Error),
+    Target(io::Error),
+}
+
+impl From<CopyError> for Failed {
+    fn from(e: CopyError) -> Failed {
+        match e {
+            CopyError::Source(e) => Failed::Source(e),
+            CopyError::Target(e) => Failed::Target(e),
+        }
+    }
+}
+
+type Step<T> = Result<T, Failed>;
+
+fn src<T>(r: io::Result<T>) -> Step<T> {
+    r.map_err(Failed::Source)
+}
+
+fn tgt<T>(r: io::Result<T>) -> Step<T> {
+    r.map_err(Failed::Target)
+}
+
+/// `Ok(None)` for a name that does not exist.
+fn absent_ok<T>(r: io::Result<T>) -> io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+impl MirrorFs {
+    /// Repairs every mark, parents before children, until none is left or no pass makes
+    /// progress.
+    pub(super) fn repair_marks(&self, sources: ReplicaSet) {
+        for _ in 0..PASSES {
+            let work = self.marked_work();
+            if work.is_empty() {
+                return;
+            }
+            let mut progress = false;
+            for (_, ino, index, entries, seq) in work {
+                let t = &self.replicas[index];
+                if t.failure().is_some() {
+                    continue;
+                }
+                let current = {
+                    let table = self.table();
+                    let active = self.set.active() | (1 << index);
+                    if entries {
+                        table.fresh_entries(ino, active)
+                    } else {
+                        table.fresh(ino, active)
+                    }
+                };
+                let Some(s) = self.members(current & sources & !(1 << index)).next() else {
+                    continue;
+                };
+                let done = if entries {
+                    self.repair_entries(ino, s, t).map(|()| false)
+                } else {
+                    self.repair_data(ino, s, t)
+                };
+                match done {
+                    Ok(then_listing) => {
+                        let (cleared, gone) = {
+                            let mut table = self.table();
+                            let cleared = table.clear(ino, index, entries, seq);
+                            if then_listing {
+                                table.mark_entries(ino, index);
+                            }
+                            cleared
+                        };
+                        self.dropped(&gone);
+                        if cleared {
+                            self.repair.did(0, 0, 1);
+                        }
+                        progress = true;
+                    }
+                    Err(Failed::Target(e)) => self.repair_failed(t, ino, e),
+                    Err(Failed::Source(e)) => self.repair_failed(s, ino, e),
+                }
+            }
+            if !progress {
+                return;
+            }
+        }
+    }
+
+    /// The marks to repair: (depth, inode, replica, entries, mark sequence), shallow
+    /// first, and a directory's own repair before its listing's.
+    fn marked_work(&self) -> Vec<(usize, Ino, usize, bool, u32)> {
+        let table = self.table();
+        let mut work = Vec::new();
+        for (ino, data, entries) in table.marks() {
+            let Some(path) = table.relative_path(ino) else {
+                continue;
+            };
+            let depth = path.components().count();
+            let seq = table.mark_seq(ino).unwrap_or(0);
+            for r in &self.replicas {
+                let bit = 1 << r.index;
+                if data & bit != 0 {
+                    work.push((depth, ino, r.index, false, seq));
+                }
+                if entries & bit != 0 {
+                    work.push((depth, ino, r.index, true, seq));
+                }
+            }
+        }
+        work.sort();
+        work
+    }
+
+    /// A repair step failed: a fault fails the replica it happened on (marking the inode,
+    /// which is marked already); anything else is retried in a later round.
+    fn repair_failed(&self, r: &Replica, ino: Ino, e: io::Error) {
+        let errno = sys::errno(&e);
+        if sys::is_fault(errno) {
+            self.diverged("repair", &[(r.index, errno)], &[Scope::Data(ino)]);
+        } else {
+            debug!(replica = %r.path.display(), ino, error = %sys::describe(&e), "repair step deferred");
+        }
+    }
+
+    /// Brings the contents and attributes of `ino` on `t` in line with `s`. Returns
+    /// whether the listing (of a directory) must be reconciled next.
+    fn repair_data(&self, ino: Ino, s: &Replica, t: &Replica) -> Step<bool> {
+        if ino == ROOT {
+            let _order = self.order(&[ino]);
+            let want = src(Snapshot::of(&Object::Fd(s.root().as_fd())))?;
+            let root = tgt(sys::reopen(
+                t.root().as_fd(),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+            ))?;
+            tgt(want.apply_to(&Object::Fd(root.as_fd())))?;
+            return Ok(true);
+        }
+        let kind = self.table().kind(ino);
+        match kind {
+            Some(FileType::RegularFile) => self.repair_file(ino, s, t).map(|()| false),
+            Some(FileType::Directory) => self.repair_dir(ino, s, t).map(|()| true),
+            Some(_) => self.repair_leaf(ino, s, t).map(|()| false),
+            None => Ok(false),
+        }
+    }
+
+    /// What `r` holds at `ino`'s name, if anything.
+    fn snapshot_on(&self, r: &Replica, ino: Ino) -> io::Result<Option<Snapshot>> {
+        absent_ok(self.with_name(r, ino, |d, n| Snapshot::of(&Object::At(d, n))))
+    }
+
+    fn repair_dir(&self, ino: Ino, s: &Replica, t: &Replica) -> Step<()> {
+        let _order = self.order(&[ino]);
+        let want = src(self.with_name(s, ino, |d, n| Snapshot::of(&Object::At(d, n))))?;
+        tgt(self.with_name(t, ino, |d, n| {
+            match absent_ok(sys::statat(d, n))? {
+                Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {}
+                Some(_) => {
+                    copy::discard(t.root().as_fd(), d, n)?;
+                    sys::mkdirat(d, n, 0o700)?;
+                }
+                None => sys::mkdirat(d, n, 0o700)?,
+            }
+            want.apply_to(&Object::At(d, n))
+        }))
+    }
+
+    fn repair_leaf(&self, ino: Ino, s: &Replica, t: &Replica) -> Step<()> {
+        let _order = self.order(&[ino]);
+        let want = src(self.with_name(s, ino, |d, n| Snapshot::of(&Object::At(d, n))))?;
+        let have = tgt(self.snapshot_on(t, ino))?;
+        let same_object = have.as_ref().is_some_and(|h| {
+            h.kind() == want.kind() && h.target == want.target && h.st.st_rdev == want.st.st_rdev
+        });
+        if same_object {
+            return tgt(self.with_name(t, ino, |d, n| want.apply_to(&Object::At(d, n))));
+        }
+        let (tmp, name) = tgt(copy::temp(t.root().as_fd()))?;
+        tgt(copy::make_leaf(tmp.as_fd(), &name, &want))?;
+        tgt(want.apply_to(&Object::At(tmp.as_fd(), &name)))?;
+        self.install_on(t, ino, &tmp, &name, have.as_ref())
+    }
+
+    /// Moves `tmp/name` to `ino`'s name on `t`, discarding a directory in the way.
+    fn install_on(
+        &self,
+        t: &Replica,
+        ino: Ino,
+        tmp: &OwnedFd,
+        name: &OsStr,
+        have: Option<&Snapshot>,
+    ) -> Step<()> {
+        tgt(self.with_name(t, ino, |d, n| {
+            if have.is_some_and(|h| h.kind() == libc::S_IFDIR) {
+                copy::discard(t.root().as_fd(), d, n)?;
+            }
+            copy::install(tmp.as_fd(), name, d, n)
+        }))
+    }
+
+    fn repair_file(&self, ino: Ino, s: &Replica, t: &Replica) -> Step<()> {
+        let from = src(self.with_name(s, ino, |d, n| sys::open_regular(d, n, libc::O_RDONLY)))?;
+        let have = tgt(self.snapshot_on(t, ino))?;
+        if have.as_ref().is_some_and(|h| h.kind() == libc::S_IFREG) {
+            // In place: the file's other names on the target stay links of it.
+            let to = tgt(self.with_name(t, ino, |d, n| sys::open_regular(d, n, libc::O_RDWR)))?;
+            self.copy_contents(ino, &from, &to)?;
+            let _order = self.order(&[ino]);
+            self.finish_file(ino, s, &from, &to)?;
+            return self.relink(ino, t);
+        }
+        let (tmp, name) = tgt(copy::temp(t.root().as_fd()))?;
+        let to = tgt(sys::openat(
+            tmp.as_fd(),
+            &name,
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+            0o600,
+        ))?;
+        self.copy_contents(ino, &from, &to)?;
+        let _order = self.order(&[ino]);
+        self.finish_file(ino, s, &from, &to)?;
+        self.install_on(t, ino, &tmp, &name, have.as_ref())?;
+        self.relink(ino, t)
+    }
+
+    /// Copies a file's contents chunk by chunk, each under the file's order lock.
+    fn copy_contents(&self, ino: Ino, from: &OwnedFd, to: &OwnedFd) -> Step<()> {
+        let mut off = 0;
+        loop {
+            let n = {
+                let _order = self.order(&[ino]);
+                let size = src(sys::fstat(from.as_fd()))?.st_size as u64;
+                if off >= size {
+                    return Ok(());
+                }
+                copy::copy_bytes(from.as_fd(), to.as_fd(), off, CHUNK.min(size - off))?
+            };
+            if n == 0 {
+                return Ok(());
+            }
+            self.repair.did(n, n, 0);
+            off += n;
+        }
+    }
+
+    /// Sets a copied file's size and attributes to the source's (under the order lock).
+    fn finish_file(&self, ino: Ino, s: &Replica, from: &OwnedFd, to: &OwnedFd) -> Step<()> {
+        let size = src(sys::fstat(from.as_fd()))?.st_size as u64;
+        tgt(sys::ftruncate(to.as_fd(), size))?;
+        let want = src(self.with_name(s, ino, |d, n| Snapshot::of(&Object::At(d, n))))?;
+        tgt(want.apply_to(&Object::Fd(to.as_fd())))
+    }
+
+    /// Every other known name of a file repaired on `t` becomes (again) a link of the
+    /// name it was repaired at.
+    fn relink(&self, ino: Ino, t: &Replica) -> Step<()> {
+        let links = self.table().links(ino);
+        let Some(((p0, n0), rest)) = links.split_first() else {
+            return Ok(());
+        };
+        let first = tgt(self.dir_fd(t, *p0))?;
+        let installed = tgt(sys::statat(first.as_fd(), n0))?;
+        for (parent, name) in rest {
+            let dir = tgt(self.dir_fd(t, *parent))?;
+            let now = tgt(absent_ok(sys::statat(dir.as_fd(), name)))?;
+            if now.is_some_and(|st| (st.st_dev, st.st_ino) == (installed.st_dev, installed.st_ino))
+            {
+                continue;
+            }
+            let (tmp, tmp_name) = tgt(copy::temp(t.root().as_fd()))?;
+            tgt(sys::linkat(first.as_fd(), n0, tmp.as_fd(), &tmp_name))?;
+            tgt(copy::install(tmp.as_fd(), &tmp_name, dir.as_fd(), name))?;
+        }
+        Ok(())
+    }
+
+    /// Makes `t`'s listing of directory `dir` the source's: names only the target has are
+    /// discarded; names it lacks (or holds as another kind) are marked so that their
+    /// contents repair makes them.
+    fn repair_entries(&self, dir: Ino, s: &Replica, t: &Replica) -> Step<()> {
+        let _order = self.order(&[dir]);
+        let on_s = src(self.open_dir_itself(s, dir))?;
+        let on_t = match self.open_dir_itself(t, dir) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                // The directory itself is missing there: repair it first.
+                self.table().mark_data(dir, t.index);
+                return Ok(());
+            }
+            Err(e) => return Err(Failed::Target(e)),
+        };
+        let want = src(copy::list(&on_s, dir == ROOT))?;
+        let have = tgt(copy::list(&on_t, dir == ROOT))?;
+        for (name, kind) in &have {
+            if !want.iter().any(|(n, k)| n == name && k == kind) {
+                tgt(copy::discard(t.root().as_fd(), on_t.as_fd(), name))?;
+            }
+        }
+        let mut table = self.table();
+        for (name, kind) in &want {
+            if !have.iter().any(|(n, k)| n == name && k == kind) {
+                let child = table.ensure_child(dir, name, attr::kind(*kind));
+                table.mark_data(child, t.index);
+            }
+        }
+        Ok(())
+    }
+}

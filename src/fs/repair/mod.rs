@@ -1,0 +1,310 @@
+//! Background repair: brings replicas that fell out of sync back in sync while the mount
+//! keeps serving.
+//!
+//! One thread, woken through a channel (a replica came back, a mark was made, `mirrorfs
+//! repair` asked) or every second, works in rounds:
+//! 1. replicas that must be compared in full are walked against an in-sync replica
+//!    ([`full`]);
+//! 2. every out-of-sync mark is repaired from a replica current for that path, parents
+//!    first ([`marks`]);
+//! 3. a replica left with no marks takes the head generation and takes part again.
+//!
+//! Files are locked (their order lock) only while one chunk is copied or an object is
+//! installed, so foreground I/O goes on; a write that lands meanwhile marks the file again
+//! and the mark is repaired in a later round. Copies are throttled to a byte rate so that
+//! foreground I/O keeps priority, and progress (files and bytes done of the total, rate,
+//! ETA) is kept for `mirrorfs health`.
+
+mod copy;
+mod full;
+mod marks;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use tracing::{info, warn};
+
+use crate::fs::inode::ReplicaSet;
+use crate::fs::mirror::MirrorFs;
+use crate::replica::Replica;
+use crate::status::RepairStatus;
+
+/// What the repair thread is asked to do.
+#[derive(Debug, Clone, Copy)]
+pub enum Request {
+    /// Look for work now.
+    Wake,
+    /// Compare every replica but one in-sync replica in full.
+    Full,
+}
+
+/// Counters of the repair in progress and since mount.
+#[derive(Debug, Default)]
+struct Progress {
+    running: bool,
+    files_done: u64,
+    files_total: u64,
+    bytes_done: u64,
+    bytes_total: u64,
+    /// Since mount: bytes written to replicas being repaired, and objects repaired.
+    bytes_repaired: u64,
+    files_repaired: u64,
+    /// Bytes per second, a moving average.
+    rate: f64,
+    last: Option<Instant>,
+    /// Per replica: (paths, bytes) pending at the start of the current round.
+    pending: Vec<(u64, u64)>,
+}
+
+/// The repair side of a mounted mirror: how to wake the thread, its throttle, its
+/// progress.
+#[derive(Debug)]
+pub struct Repair {
+    tx: Sender<Request>,
+    rx: Receiver<Request>,
+    /// Bytes per second repair may copy; 0 for no limit.
+    rate_limit: u64,
+    progress: Mutex<Progress>,
+    throttle: Mutex<Throttle>,
+}
+
+/// A token bucket over bytes.
+#[derive(Debug)]
+struct Throttle {
+    allowance: f64,
+    last: Instant,
+}
+
+impl Repair {
+    pub fn new(rate_limit: u64) -> Repair {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Repair {
+            tx,
+            rx,
+            rate_limit,
+            progress: Mutex::default(),
+            throttle: Mutex::new(Throttle {
+                allowance: 0.0,
+                last: Instant::now(),
+            }),
+        }
+    }
+
+    /// Asks the repair thread to act.
+    pub fn request(&self, r: Request) {
+        let _ = self.tx.send(r);
+    }
+
+    /// Waits until `bytes` more may be copied.
+    fn pace(&self, bytes: u64) {
+        if self.rate_limit == 0 {
+            return;
+        }
+        let rate = self.rate_limit as f64;
+        let wait = {
+            let mut t = self.throttle.lock().expect("throttle lock");
+            let now = Instant::now();
+            t.allowance = (t.allowance + now.duration_since(t.last).as_secs_f64() * rate).min(rate);
+            t.last = now;
+            t.allowance -= bytes as f64;
+            if t.allowance < 0.0 {
+                Duration::from_secs_f64(-t.allowance / rate)
+            } else {
+                Duration::ZERO
+            }
+        };
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
+
+    /// Counts work done: `read` bytes of progress, `written` bytes written to a replica.
+    fn did(&self, read: u64, written: u64, files: u64) {
+        let mut p = self.progress.lock().expect("progress lock");
+        p.bytes_done += read;
+        p.bytes_repaired += written;
+        p.files_done += files;
+        p.files_repaired += files;
+        let now = Instant::now();
+        if let Some(last) = p.last {
+            let dt = now.duration_since(last).as_secs_f64().max(1e-3);
+            let sample = read as f64 / dt;
+            p.rate = if p.rate == 0.0 {
+                sample
+            } else {
+                p.rate + 0.1 * (sample - p.rate)
+            };
+        }
+        p.last = Some(now);
+        drop(p);
+        self.pace(read);
+    }
+
+    fn begin(&self, files: u64, bytes: u64, pending: Vec<(u64, u64)>) {
+        let mut p = self.progress.lock().expect("progress lock");
+        if !p.running {
+            p.files_done = 0;
+            p.bytes_done = 0;
+            p.last = Some(Instant::now());
+        }
+        p.running = true;
+        p.files_total = p.files_done + files;
+        p.bytes_total = p.bytes_done + bytes;
+        p.pending = pending;
+    }
+
+    /// Adds work found as it starts (a replica compared in full) to the totals.
+    fn expect(&self, index: usize, files: u64, bytes: u64) {
+        let mut p = self.progress.lock().expect("progress lock");
+        p.files_total += files;
+        p.bytes_total += bytes;
+        if let Some(slot) = p.pending.get_mut(index) {
+            slot.0 += files;
+            slot.1 += bytes;
+        }
+    }
+
+    fn end(&self, replicas: usize) {
+        let mut p = self.progress.lock().expect("progress lock");
+        p.running = false;
+        p.pending = vec![(0, 0); replicas];
+    }
+
+    /// The state to report.
+    pub fn status(&self) -> RepairStatus {
+        let p = self.progress.lock().expect("progress lock");
+        let left = p.bytes_total.saturating_sub(p.bytes_done);
+        RepairStatus {
+            running: p.running,
+            files_done: p.files_done,
+            files_total: p.files_total,
+            bytes_done: p.bytes_done,
+            bytes_total: p.bytes_total,
+            percent: if p.bytes_total > 0 {
+                (p.bytes_done as f64 * 100.0 / p.bytes_total as f64).min(100.0)
+            } else if p.files_total > 0 {
+                (p.files_done as f64 * 100.0 / p.files_total as f64).min(100.0)
+            } else {
+                100.0
+            },
+            rate_bytes_per_second: p.rate,
+            eta_seconds: (p.running && p.rate > 0.0).then(|| (left as f64 / p.rate).ceil() as u64),
+            bytes_repaired: p.bytes_repaired,
+            files_repaired: p.files_repaired,
+        }
+    }
+
+    /// Paths and bytes pending for replica `index`.
+    pub fn pending(&self, index: usize) -> (u64, u64) {
+        let p = self.progress.lock().expect("progress lock");
+        p.pending.get(index).copied().unwrap_or((0, 0))
+    }
+}
+
+/// Runs the repair thread until the process ends.
+pub fn spawn(fs: std::sync::Arc<MirrorFs>) {
+    std::thread::Builder::new()
+        .name("repair".into())
+        .spawn(move || {
+            // Foreground I/O first: the repair thread runs at the lowest CPU priority.
+            // SAFETY: setpriority on the calling thread.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+            }
+            loop {
+                match fs.repair.rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok(Request::Full) => fs.compare_all_in_full(),
+                    Ok(Request::Wake) | Err(_) => {}
+                }
+                fs.repair_round();
+            }
+        })
+        .expect("spawn the repair thread");
+}
+
+impl MirrorFs {
+    /// Replicas repair may read from: current, taking part, not failed.
+    fn sources(&self) -> ReplicaSet {
+        let mut set = self.set.current() & self.set.active();
+        for r in &self.replicas {
+            if r.failure().is_some() {
+                set &= !(1 << r.index);
+            }
+        }
+        set
+    }
+
+    /// Replicas repair may write to: not failed.
+    fn repairable(&self) -> impl Iterator<Item = &Replica> {
+        self.replicas.iter().filter(|r| r.failure().is_none())
+    }
+
+    /// `mirrorfs repair --full`: every replica but the first in-sync one is compared in
+    /// full (and not used until it has been).
+    fn compare_all_in_full(&self) {
+        let Some(keep) = self.members(self.sources()).next().map(|r| r.index) else {
+            warn!("no in-sync replica to compare against; full comparison not started");
+            return;
+        };
+        for r in self.replicas.iter().filter(|r| r.index != keep) {
+            self.set.require_full(&self.replicas, r);
+        }
+        info!("full comparison of every replica requested");
+    }
+
+    /// One round of repair.
+    pub fn repair_round(&self) {
+        let sources = self.sources();
+        if sources == 0 {
+            return;
+        }
+        let full = self.set.needs_full();
+        let pending = self.pending_work();
+        let (files, bytes) = pending
+            .iter()
+            .fold((0, 0), |(f, b), (pf, pb)| (f + pf, b + pb));
+        if files == 0 && full == 0 && self.behind() == 0 {
+            return;
+        }
+        self.repair.begin(files, bytes, pending);
+        for r in self.repairable().filter(|r| full & (1 << r.index) != 0) {
+            if let Some(s) = self.members(sources).find(|s| s.index != r.index) {
+                self.compare_in_full(s, r);
+            }
+        }
+        self.repair_marks(sources);
+        for r in self.repairable() {
+            let bit = 1 << r.index;
+            if self.set.current() & bit == 0
+                && self.set.needs_full() & bit == 0
+                && !self.has_marks(r.index)
+            {
+                self.set.caught_up(r);
+                info!(replica = %r.path.display(), "replica is in sync again");
+            }
+        }
+        if self.behind() == 0 {
+            self.repair.end(self.replicas.len());
+        }
+    }
+
+    /// Replicas not in sync and not failed.
+    fn behind(&self) -> ReplicaSet {
+        let mut set = self.every() & !self.set.current();
+        for r in &self.replicas {
+            if r.failure().is_some() {
+                set &= !(1 << r.index);
+            }
+        }
+        set
+    }
+
+    fn has_marks(&self, index: usize) -> bool {
+        let bit = 1 << index;
+        self.table()
+            .marks()
+            .iter()
+            .any(|(_, d, e)| (d | e) & bit != 0)
+    }
+}
