@@ -67,7 +67,7 @@ impl MirrorFs {
     pub fn getattr(&self, ino: Ino, fh: Option<u64>) -> io::Result<FileAttr> {
         let handle = fh.and_then(|fh| self.files.get(fh));
         let set = self.fresh(ino);
-        let st = self.read_any("getattr", set, Scope::Data(ino), |r| {
+        let st = self.read_any("getattr", set, Scope::Meta(ino), |r| {
             match handle.as_ref().and_then(|h| h.fd(r.index)) {
                 Some(fd) => sys::fstat(fd.as_fd()),
                 None => self.stat_on(r, ino),
@@ -101,7 +101,11 @@ impl MirrorFs {
             fanned.verdict.is_ok(),
             fanned.attempted(),
             &fanned.diverged,
-            &[Scope::Data(ino)],
+            // A size change changes the contents from the new size on.
+            &[match changes.size {
+                Some(size) => Scope::Range(ino, size, u64::MAX),
+                None => Scope::Meta(ino),
+            }],
         );
         let winner = fanned.verdict?;
         let r = &self.replicas[winner];

@@ -120,7 +120,12 @@ impl MirrorFs {
                 truncate && fanned.verdict.is_ok(),
                 fanned.attempted(),
                 &fanned.diverged,
-                &[Scope::Data(ino)],
+                // Opening changes nothing but what truncating does.
+                &[if truncate {
+                    Scope::Range(ino, 0, u64::MAX)
+                } else {
+                    Scope::Meta(ino)
+                }],
             );
             let winner = fanned.verdict.as_ref().map(|w| *w).map_err(copy_err)?;
             for (i, fd) in fanned.successes() {
@@ -131,7 +136,7 @@ impl MirrorFs {
                 handle.wrote.store(true, Ordering::Relaxed);
             }
         } else {
-            let (index, fd) = self.read_any("open", self.fresh(ino), Scope::Data(ino), |r| {
+            let (index, fd) = self.read_any("open", self.fresh(ino), Scope::Meta(ino), |r| {
                 Ok((r.index, self.open_backing(r, ino, bflags)?))
             })?;
             handle.set_fd(index, fd);
@@ -207,7 +212,8 @@ impl MirrorFs {
                     return Ok(buf);
                 }
                 Err(e) if sys::is_fault(sys::errno(&e)) => {
-                    self.diverged("read", &[(index, sys::errno(&e))], &[Scope::Data(h.ino)]);
+                    let scope = Scope::Range(h.ino, offset, u64::from(size));
+                    self.diverged("read", &[(index, sys::errno(&e))], &[scope]);
                     last = Some(e);
                 }
                 Err(e) => return Err(e),
@@ -242,7 +248,7 @@ impl MirrorFs {
             result.is_ok(),
             attempted,
             &diverged,
-            &[Scope::Data(h.ino)],
+            &[Scope::Range(h.ino, offset, data.len() as u64)],
         );
         result.map(|n| n as u32)
     }
@@ -305,7 +311,7 @@ impl MirrorFs {
             fanned.verdict.is_ok(),
             fanned.attempted() | (1 << source.index),
             &fanned.diverged,
-            &[Scope::Data(h.ino)],
+            &[Scope::Meta(h.ino)],
         );
     }
 
@@ -324,12 +330,15 @@ impl MirrorFs {
             return Err(ebadf());
         }
         let _order = self.order(&[h.ino]);
+        // Collapsing or inserting a range moves everything after it.
+        let shifts = mode & (libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE) != 0;
+        let scope = Scope::Range(h.ino, offset, if shifts { u64::MAX } else { len });
         let fanned = fanout::apply(&self.replicas, self.fresh(h.ino), |r| {
             sys::fallocate(self.handle_fd(&h, r)?.as_fd(), mode, offset, len)
         });
         h.wrote.store(true, Ordering::Relaxed);
         if fanned.verdict.is_err() {
-            self.diverged("fallocate", &fanned.diverged, &[Scope::Data(h.ino)]);
+            self.diverged("fallocate", &fanned.diverged, &[scope]);
             return fanned.verdict.map(drop);
         }
         // Replicas whose filesystem lacks the mode get the same contents another way.
@@ -345,13 +354,7 @@ impl MirrorFs {
                 diverged.push((index, errno));
             }
         }
-        self.settle(
-            "fallocate",
-            true,
-            attempted,
-            &diverged,
-            &[Scope::Data(h.ino)],
-        );
+        self.settle("fallocate", true, attempted, &diverged, &[scope]);
         Ok(())
     }
 
@@ -360,7 +363,7 @@ impl MirrorFs {
         let fresh = self.fresh(h.ino);
         let first = 1 << h.read_from();
         let set = if fresh & first != 0 { first } else { fresh };
-        self.read_any("lseek", set, Scope::Data(h.ino), |r| {
+        self.read_any("lseek", set, Scope::Meta(h.ino), |r| {
             sys::lseek(self.handle_fd(&h, r)?.as_fd(), offset, whence)
         })
     }
@@ -420,7 +423,7 @@ impl MirrorFs {
             fanned.verdict.is_ok(),
             fanned.attempted(),
             &diverged,
-            &[Scope::Data(dst.ino)],
+            &[Scope::Range(dst.ino, offset_out, len)],
         );
         fanned.value().map(|n| n as u32)
     }

@@ -9,7 +9,8 @@
 //!
 //! The table also carries, per node, which replicas are out of sync for it: `stale_data`
 //! (the node's own contents or attributes are missing or outdated there) and
-//! `stale_entries` (a directory's listing differs there). A named node with marks stays in
+//! `stale_entries` (a directory's listing differs there). A regular file's data mark may
+//! be partial: only some chunks of its contents (and its size and attributes) differ. A named node with marks stays in
 //! the table, with its ancestors, until the marks are cleared, so the path to repair is
 //! never lost.
 //!
@@ -23,6 +24,8 @@ use std::sync::Arc;
 
 use fuser::FileType;
 
+use crate::fs::chunks::Chunks;
+
 pub type Ino = u64;
 pub const ROOT: Ino = 1;
 
@@ -31,6 +34,15 @@ pub type Name = Arc<OsStr>;
 
 /// A bit set of replica indexes.
 pub type ReplicaSet = u32;
+
+/// What a new mark covers that was not marked before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Added {
+    /// The node's contents (or listing) whole.
+    Whole,
+    /// Chunks `[first, end)` of a regular file, and its size and attributes.
+    Chunks(u64, u64),
+}
 
 /// Where a hard-linked file lives on one replica: replica index, device, inode.
 pub type BackingKey = (usize, u64, u64);
@@ -55,6 +67,10 @@ struct Node {
     children: Option<Box<HashMap<Name, Ino>>>,
     stale_data: ReplicaSet,
     stale_entries: ReplicaSet,
+    /// Replicas of `stale_data` that miss only these chunks of a regular file; the others
+    /// miss its contents whole.
+    #[allow(clippy::box_collection)]
+    partial: Option<Box<Vec<(usize, Chunks)>>>,
     /// Bumped by every mark, so that repair clears a mark only if nothing marked the node
     /// again while it worked.
     mark_seq: u32,
@@ -72,6 +88,7 @@ impl Node {
             children: None,
             stale_data: 0,
             stale_entries: 0,
+            partial: None,
             mark_seq: 0,
         }
     }
@@ -94,6 +111,23 @@ impl Node {
             || self.open > 0
             || self.child_count() > 0
             || (self.has_links() && self.is_marked())
+    }
+
+    fn partial_mut(&mut self, replica: usize) -> Option<&mut Chunks> {
+        self.partial
+            .as_mut()?
+            .iter_mut()
+            .find(|(r, _)| *r == replica)
+            .map(|(_, c)| c)
+    }
+
+    fn drop_partial(&mut self, replica: usize) {
+        if let Some(p) = self.partial.as_mut() {
+            p.retain(|(r, _)| *r != replica);
+            if p.is_empty() {
+                self.partial = None;
+            }
+        }
     }
 
     fn remove_link(&mut self, parent: Ino, name: &OsStr) {
@@ -450,10 +484,48 @@ impl InodeTable {
         }
     }
 
-    /// Marks `replica` out of sync for the contents of `ino`. Returns true if the mark is
-    /// new (so the caller logs it once).
+    /// Marks `replica` out of sync for the whole contents of `ino`. Returns true if the
+    /// mark is new or grew (so the caller logs and records it once).
     pub fn mark_data(&mut self, ino: Ino, replica: usize) -> bool {
-        self.mark(ino, replica, false)
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return false;
+        };
+        let grew = node.partial_mut(replica).is_some();
+        node.drop_partial(replica);
+        self.mark(ino, replica, false) || grew
+    }
+
+    /// Marks `replica` out of sync for chunks `[first, end)` of regular file `ino` and its
+    /// size and attributes (an empty range: those alone); any other kind of node is
+    /// marked whole. Returns what is newly marked, or `None` when the replica was marked
+    /// for all of it already.
+    pub fn mark_chunks(&mut self, ino: Ino, replica: usize, first: u64, end: u64) -> Option<Added> {
+        let node = self.nodes.get_mut(&ino)?;
+        if node.kind != FileType::RegularFile {
+            return self.mark(ino, replica, false).then_some(Added::Whole);
+        }
+        if node.stale_data & (1 << replica) == 0 {
+            let mut chunks = Chunks::default();
+            chunks.mark(first, end);
+            node.partial
+                .get_or_insert_with(Default::default)
+                .push((replica, chunks));
+            self.mark(ino, replica, false);
+            return Some(Added::Chunks(first, end.max(first)));
+        }
+        let (a, b) = node.partial_mut(replica)?.mark(first, end)?;
+        node.mark_seq = node.mark_seq.wrapping_add(1);
+        Some(Added::Chunks(a, b))
+    }
+
+    /// The chunks `replica` misses of `ino`: `None` for all of them (or no mark).
+    pub fn stale_chunks(&self, ino: Ino, replica: usize) -> Option<Chunks> {
+        let node = self.nodes.get(&ino)?;
+        node.partial
+            .as_ref()?
+            .iter()
+            .find(|(r, _)| *r == replica)
+            .map(|(_, c)| c.clone())
     }
 
     /// Marks `replica` out of sync for the listing of directory `ino`.
@@ -496,13 +568,15 @@ impl InodeTable {
         if node.mark_seq != seq {
             return (false, Vec::new());
         }
+        let was_marked = node.is_marked();
         let bit = 1 << replica;
         if entries {
             node.stale_entries &= !bit;
         } else {
             node.stale_data &= !bit;
+            node.drop_partial(replica);
         }
-        if !node.is_marked() {
+        if was_marked && !node.is_marked() {
             self.marked -= 1;
         }
         (true, self.collect(ino))
@@ -518,6 +592,7 @@ impl InodeTable {
             }
             node.stale_data &= !bit;
             node.stale_entries &= !bit;
+            node.drop_partial(replica);
             if !node.is_marked() {
                 self.marked -= 1;
             }
@@ -543,6 +618,14 @@ impl InodeTable {
                 ino
             }
         }
+    }
+
+    /// The marks on `ino`: (replicas stale for data, replicas stale for entries).
+    pub fn marks_on(&self, ino: Ino) -> Option<(ReplicaSet, ReplicaSet)> {
+        self.nodes
+            .get(&ino)
+            .filter(|n| n.is_marked())
+            .map(|n| (n.stale_data, n.stale_entries))
     }
 
     /// How many marked nodes there are.

@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
-use tracing::{error, warn};
+use tracing::warn;
 
 use crate::fs::handles::{HandleTable, OpenDir, OpenFile};
 use fuser::FileType;
@@ -41,10 +41,24 @@ pub struct FsOptions {
 /// What a replica that diverged is out of sync for.
 #[derive(Clone, Copy, Debug)]
 pub enum Scope {
-    /// The contents or attributes of one inode (and, for a directory, all below it).
+    /// The contents and attributes of one inode, whole (and, for a directory, all below
+    /// it).
     Data(Ino),
+    /// The attributes (and size) of one inode; for anything but a regular file, as `Data`.
+    Meta(Ino),
+    /// Bytes `[offset, offset + len)` of a regular file (`len` `u64::MAX`: to its end),
+    /// and its size and attributes.
+    Range(Ino, u64, u64),
     /// The listing of one directory.
     Entries(Ino),
+}
+
+impl Scope {
+    pub fn ino(&self) -> Ino {
+        match *self {
+            Scope::Data(i) | Scope::Meta(i) | Scope::Range(i, _, _) | Scope::Entries(i) => i,
+        }
+    }
 }
 
 /// Per-inode locks, striped over a fixed set indexed by inode number.
@@ -102,12 +116,16 @@ pub struct MirrorFs {
     pub(crate) options: FsOptions,
     pub(crate) backoff: crate::fs::probe::Backoff,
     pub(crate) repair: crate::fs::repair::Repair,
+    /// What replicas that fell behind missed, as recorded on the current ones.
+    pub(crate) journal: Mutex<crate::fs::record::Journal>,
 }
 
 impl MirrorFs {
     pub fn new(replicas: Vec<Replica>, options: FsOptions, set: MirrorSet) -> MirrorFs {
         let repair = crate::fs::repair::Repair::new(options.repair_rate);
+        let ids = (0..replicas.len()).map(|i| set.state(i).replica).collect();
         MirrorFs {
+            journal: Mutex::new(crate::fs::record::Journal::new(ids)),
             replicas,
             set,
             table: Mutex::new(InodeTable::new()),
@@ -293,77 +311,6 @@ impl MirrorFs {
         self.diverged(op, &all, scopes);
     }
 
-    /// Marks replicas that answered differently from the result the caller got (errno 0:
-    /// they were skipped) out of sync for every scope; each new mark is logged once, and a
-    /// replica that answered with a fault (EIO, ENOSPC, EROFS, ...) is failed.
-    pub(crate) fn diverged(&self, op: &'static str, replicas: &[(usize, i32)], scopes: &[Scope]) {
-        if replicas.is_empty() {
-            return;
-        }
-        let mut fallen: ReplicaSet = 0;
-        let mut failed = Vec::new();
-        let mut table = self.table();
-        for &(index, errno) in replicas {
-            fallen |= 1 << index;
-            let r = &self.replicas[index];
-            // A node missing on a replica means its parent's listing differs there too.
-            let missing_in: Vec<Scope> = if errno == libc::ENOENT {
-                scopes
-                    .iter()
-                    .filter_map(|s| match *s {
-                        Scope::Data(ino) => table.location(ino).map(|(p, _)| Scope::Entries(p)),
-                        Scope::Entries(_) => None,
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            for scope in scopes.iter().chain(&missing_in) {
-                let (ino, new) = match *scope {
-                    Scope::Data(ino) => (ino, table.mark_data(ino, index)),
-                    Scope::Entries(ino) => (ino, table.mark_entries(ino, index)),
-                };
-                if errno == 0 {
-                    continue;
-                }
-                let path = table.display_path(ino);
-                if new {
-                    warn!(
-                        replica = %r.path.display(),
-                        op,
-                        path = %path,
-                        error = %divergence_reason(errno),
-                        "replica is out of sync for this path; it will not be read from \
-                         for it until it is repaired"
-                    );
-                }
-                if sys::is_fault(errno)
-                    && r.set_failed(errno, format!("{op} {path}: {}", sys::strerror(errno)))
-                {
-                    failed.push(index);
-                }
-                r.record_error(op, path, errno);
-            }
-        }
-        drop(table);
-        for index in failed {
-            let r = &self.replicas[index];
-            error!(
-                replica = %r.path.display(),
-                reason = %r.failure().map(|f| f.reason).unwrap_or_default(),
-                "replica failed; it is skipped until it works again, and what it misses \
-                 is recorded for repair"
-            );
-            self.set.fail(&self.replicas, r);
-        }
-        self.set.fell_behind(&self.replicas, fallen);
-    }
-
-    /// Fails replica `r` as a whole: nothing it holds is known to be current.
-    pub(crate) fn fail_whole(&self, r: &Replica) {
-        self.set.fail(&self.replicas, r);
-    }
-
     /// Every replica, as a set.
     pub(crate) fn every(&self) -> ReplicaSet {
         self.replicas.iter().fold(0, |s, r| s | (1 << r.index))
@@ -396,12 +343,13 @@ impl MirrorFs {
     /// end the session in sync.
     pub fn shut_down(&self) {
         self.sync_replicas();
+        let tracked = self.sync_journals();
         let marked = self
             .table()
             .marks()
             .iter()
             .fold(0, |set, (_, data, entries)| set | data | entries);
-        self.set.clean_shutdown(&self.replicas, marked);
+        self.set.clean_shutdown(&self.replicas, marked, tracked);
     }
 
     /// Flushes every replica's filesystem.

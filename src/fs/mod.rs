@@ -2,6 +2,7 @@
 
 pub mod attr;
 pub mod attributes;
+pub mod chunks;
 pub mod dirs;
 pub mod fanout;
 pub mod files;
@@ -12,6 +13,7 @@ pub mod mirror;
 pub mod namespace;
 pub mod object;
 pub mod probe;
+pub mod record;
 pub mod repair;
 pub mod report;
 pub mod set;

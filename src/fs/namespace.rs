@@ -378,7 +378,7 @@ impl MirrorFs {
         fanned.verdict?;
         // A removed directory keeps its cached descriptor while the kernel still holds
         // it (an open handle or a working directory can still stat and list it).
-        let gone = self.table().unlink(parent, name);
+        let gone = self.record_unlink(parent, name);
         self.dropped(&gone);
         Ok(())
     }
@@ -439,9 +439,7 @@ impl MirrorFs {
             scopes.extend(displaced.map(Scope::Data));
         }
         if fanned.verdict.is_ok() {
-            let gone = self
-                .table()
-                .rename(parent, name, new_parent, new_name, exchange);
+            let gone = self.record_rename(parent, name, new_parent, new_name, exchange);
             self.dropped(&gone);
         }
         self.settle(

@@ -113,7 +113,7 @@ impl MirrorFs {
                 "replica's root directory went away (its filesystem was unmounted or \
                  replaced); it is skipped, and compared in full when it is back"
             );
-            self.fail_whole(r);
+            self.fail_replica(r);
         }
         if now.is_ok_and(|m| m.is_dir()) && self.due(r) {
             self.reattach(r);
@@ -188,7 +188,7 @@ impl MirrorFs {
         }
         r.clear_failure();
         self.reset_backoff(r);
-        self.set.readmit(r, true);
+        self.readmit(r, true);
         info!(replica = %r.path.display(), "replica is back; it will be compared in full");
         self.repair.request(crate::fs::repair::Request::Wake);
     }
@@ -209,7 +209,7 @@ impl MirrorFs {
         }
         r.clear_failure();
         self.reset_backoff(r);
-        self.set.readmit(r, false);
+        self.readmit(r, false);
         info!(
             replica = %r.path.display(),
             "replica works again; repair brings it what it missed"

@@ -8,6 +8,9 @@
 //! failure), the replicas still current move to a new generation and record it durably
 //! before the change it missed is acknowledged: after a crash, the replica left behind is
 //! known to be behind. When repair brings it back in sync, it takes the head generation.
+//!
+//! The journal of what each replica missed is kept beside this (see `fs::record`), which
+//! drives these transitions together with it.
 
 use std::os::fd::AsFd;
 use std::sync::Mutex;
@@ -45,11 +48,16 @@ impl MirrorSet {
         let in_sync = set_of(&assembly.roles, |r| r == Role::InSync);
         MirrorSet {
             states: Mutex::new(assembly.states.clone()),
-            active: AtomicU32::new(in_sync),
+            active: AtomicU32::new(set_of(&assembly.roles, |r| r != Role::Full)),
             current: AtomicU32::new(in_sync),
-            full: AtomicU32::new(set_of(&assembly.roles, |r| r != Role::InSync)),
+            full: AtomicU32::new(set_of(&assembly.roles, |r| r == Role::Full)),
             read_only,
         }
+    }
+
+    /// Whether this session records nothing (a read-only mount).
+    pub fn read_only(&self) -> bool {
+        self.read_only
     }
 
     /// Replicas that take reads and writes.
@@ -81,20 +89,25 @@ impl MirrorSet {
 
     /// `replicas` just fell out of sync. Those of them that were current stop being so,
     /// and the replicas still current move to a new generation, recorded before this
-    /// returns.
-    pub fn fell_behind(&self, replicas: &[Replica], fallen: ReplicaSet) {
+    /// returns. Returns the replicas that stopped being current, with the generation their
+    /// data stays at.
+    pub fn fell_behind(&self, replicas: &[Replica], fallen: ReplicaSet) -> Vec<(usize, String)> {
         let was = self.current.fetch_and(!fallen, Ordering::AcqRel);
         let left = was & fallen;
         if left == 0 {
-            return;
-        }
-        let still = was & !fallen;
-        if still == 0 || self.read_only {
-            return;
+            return Vec::new();
         }
         let mut states = self.states.lock().expect("set lock");
+        let behind = (0..states.len())
+            .filter(|i| left & (1 << i) != 0)
+            .map(|i| (i, states[i].generation.clone()))
+            .collect();
+        let still = was & !fallen;
+        if still == 0 || self.read_only {
+            return behind;
+        }
         let Some(first) = (0..states.len()).find(|i| still & (1 << i) != 0) else {
-            return;
+            return behind;
         };
         let mut head = states[first].clone();
         head.advance();
@@ -111,13 +124,12 @@ impl MirrorSet {
             }
         }
         info!(generation = %head.generation, "in-sync replicas moved to a new generation");
+        behind
     }
 
-    /// Replica `replica` failed: it takes no reads or writes until it is re-admitted.
-    pub fn fail(&self, replicas: &[Replica], replica: &Replica) {
-        self.active
-            .fetch_and(!(1 << replica.index), Ordering::AcqRel);
-        self.fell_behind(replicas, 1 << replica.index);
+    /// Replica `index` failed: it takes no reads or writes until it is re-admitted.
+    pub fn deactivate(&self, index: usize) {
+        self.active.fetch_and(!(1 << index), Ordering::AcqRel);
     }
 
     /// A failed replica works again: it takes part again where it is current (the changes
@@ -132,12 +144,11 @@ impl MirrorSet {
         }
     }
 
-    /// Replica `replica` must be compared in full before it is used again.
-    pub fn require_full(&self, replicas: &[Replica], replica: &Replica) {
-        let bit = 1 << replica.index;
+    /// Replica `index` must be compared in full before it is used again.
+    pub fn require_full(&self, index: usize) {
+        let bit = 1 << index;
         self.full.fetch_or(bit, Ordering::AcqRel);
         self.active.fetch_and(!bit, Ordering::AcqRel);
-        self.fell_behind(replicas, bit);
     }
 
     /// A full comparison of `index` is done; the marks made meanwhile remain to repair.
@@ -146,8 +157,8 @@ impl MirrorSet {
     }
 
     /// Replica `index` holds every change again: it takes the head generation and takes
-    /// part in everything.
-    pub fn caught_up(&self, replica: &Replica) {
+    /// part in everything. Returns false if that could not be recorded.
+    pub fn caught_up(&self, replica: &Replica) -> bool {
         let index = replica.index;
         if !self.read_only {
             let mut states = self.states.lock().expect("set lock");
@@ -165,7 +176,7 @@ impl MirrorSet {
                             error = %crate::sys::describe(&e),
                             "cannot record that the replica is in sync"
                         );
-                        return;
+                        return false;
                     }
                 }
             }
@@ -173,24 +184,30 @@ impl MirrorSet {
         self.full.fetch_and(!(1 << index), Ordering::AcqRel);
         self.current.fetch_or(1 << index, Ordering::AcqRel);
         self.active.fetch_or(1 << index, Ordering::AcqRel);
+        true
     }
 
-    /// The session ends cleanly: current replicas without out-of-sync marks record it;
-    /// any other replica is marked for a full comparison (the record of what it missed
-    /// lives only in memory).
-    pub fn clean_shutdown(&self, replicas: &[Replica], marked: ReplicaSet) {
-        if self.read_only {
+    /// The session ends cleanly: current replicas without out-of-sync marks record it; a
+    /// replica the journal tracks keeps its generation (the journal says what it
+    /// misses); any other replica is marked for a full comparison.
+    pub fn clean_shutdown(&self, replicas: &[Replica], marked: ReplicaSet, tracked: ReplicaSet) {
+        let current = self.current();
+        if self.read_only || current == 0 {
             return;
         }
-        let current = self.current();
+        let full = self.needs_full();
         let mut states = self.states.lock().expect("set lock");
         for r in replicas {
             let bit = 1 << r.index;
             let st = &mut states[r.index];
+            let before = st.clone();
             if current & bit != 0 && marked & bit == 0 {
                 st.clean = true;
-            } else {
+            } else if tracked & bit == 0 || full & bit != 0 {
                 st.needs_full = true;
+            }
+            if *st == before {
+                continue;
             }
             if let Err(e) = st.save(r.root().as_fd()) {
                 warn!(

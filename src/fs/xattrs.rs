@@ -35,7 +35,7 @@ fn reply_for(value: Vec<u8>, size: u32) -> io::Result<XattrReply> {
 
 impl MirrorFs {
     pub fn getxattr(&self, ino: Ino, name: &OsStr, size: u32) -> io::Result<XattrReply> {
-        let value = self.read_any("getxattr", self.fresh(ino), Scope::Data(ino), |r| {
+        let value = self.read_any("getxattr", self.fresh(ino), Scope::Meta(ino), |r| {
             let fd = self.object_fd(r, ino)?;
             let mut buf = vec![0u8; XATTR_MAX];
             let n = sys::xattr::get(fd.as_fd(), name, &mut buf)?;
@@ -46,7 +46,7 @@ impl MirrorFs {
     }
 
     pub fn listxattr(&self, ino: Ino, size: u32, caller_uid: u32) -> io::Result<XattrReply> {
-        let list = self.read_any("listxattr", self.fresh(ino), Scope::Data(ino), |r| {
+        let list = self.read_any("listxattr", self.fresh(ino), Scope::Meta(ino), |r| {
             let fd = self.object_fd(r, ino)?;
             let mut buf = vec![0u8; XATTR_MAX];
             let n = sys::xattr::list(fd.as_fd(), &mut buf)?;
@@ -72,7 +72,7 @@ impl MirrorFs {
             fanned.verdict.is_ok(),
             fanned.attempted(),
             &fanned.diverged,
-            &[Scope::Data(ino)],
+            &[Scope::Meta(ino)],
         );
         fanned.verdict.map(drop)
     }
@@ -87,7 +87,7 @@ impl MirrorFs {
             fanned.verdict.is_ok(),
             fanned.attempted(),
             &fanned.diverged,
-            &[Scope::Data(ino)],
+            &[Scope::Meta(ino)],
         );
         fanned.verdict.map(drop)
     }

@@ -19,6 +19,7 @@
 
 use std::path::PathBuf;
 
+use crate::membership::journal::{Pending, Tracked};
 use crate::membership::state::{ReplicaState, new_id};
 
 /// One replica given to the mount.
@@ -35,7 +36,8 @@ pub struct Given {
 pub enum Role {
     /// Holds the latest data.
     InSync,
-    /// Holds an earlier generation: the head's record of what changed brings it up to date.
+    /// Holds an earlier generation: the head's journal of what it missed brings it up to
+    /// date.
     Behind,
     /// Must be compared in full against an in-sync replica.
     Full,
@@ -52,6 +54,45 @@ pub struct Assembly {
     pub head_clean: bool,
     /// Messages worth logging (absent members, replicas that join).
     pub notes: Vec<String>,
+    /// Per given replica that is `Behind`: what the head's journal says it missed.
+    pub missed: Vec<Option<Tracked>>,
+}
+
+/// Decides, from the head's journal, how replicas not in sync are brought up to date.
+///
+/// After a session that did not end cleanly, every replica but the head is compared
+/// against it in full: a change in flight may have reached some replicas and not others.
+/// Otherwise a replica behind the head is brought up to date from the journal when the
+/// journal tracks it from the generation it holds; without that record (no journal, or it
+/// stopped tracking the replica) it is compared in full.
+pub fn resume(assembly: &mut Assembly, journal: Option<&Pending>) {
+    let head = assembly.head;
+    if !assembly.head_clean {
+        let others = (0..assembly.roles.len()).filter(|&i| i != head).count();
+        if others > 0 {
+            assembly.notes.push(
+                "the last session did not end cleanly; the other replicas are compared \
+                 against the head in full"
+                    .into(),
+            );
+        }
+        for (i, role) in assembly.roles.iter_mut().enumerate() {
+            if i != head {
+                *role = Role::Full;
+            }
+        }
+        return;
+    }
+    for i in 0..assembly.roles.len() {
+        if assembly.roles[i] != Role::Behind {
+            continue;
+        }
+        let st = &assembly.states[i];
+        match journal.and_then(|j| j.tracked.get(&st.replica)) {
+            Some(t) if t.since == st.generation => assembly.missed[i] = Some(t.clone()),
+            _ => assembly.roles[i] = Role::Full,
+        }
+    }
 }
 
 fn show(g: &Given) -> String {
@@ -224,6 +265,7 @@ pub fn assemble(given: &[Given], init: bool, source: Option<&PathBuf>) -> Result
         states,
         head,
         head_clean: head_state.clean,
+        missed: vec![None; given.len()],
         notes,
     })
 }
@@ -293,6 +335,7 @@ fn new_mirror(given: &[Given], init: bool, source: Option<usize>) -> Result<Asse
         states,
         head,
         head_clean: true,
+        missed: vec![None; given.len()],
         notes,
     })
 }
@@ -397,6 +440,54 @@ mod tests {
         .unwrap();
         assert_eq!(both.roles, vec![Role::InSync, Role::Behind]);
         assert_eq!(both.head, 0);
+    }
+
+    #[test]
+    fn a_replica_behind_resumes_from_the_journal_only_when_it_tracks_it() {
+        let s = set(2);
+        let mut a_now = assemble(&[given("a", Some(s[0].clone()), false)], false, None)
+            .unwrap()
+            .states[0]
+            .clone();
+        a_now.clean = true;
+        let both_with = |a: &ReplicaState| {
+            assemble(
+                &[
+                    given("a", Some(a.clone()), false),
+                    given("b", Some(s[1].clone()), false),
+                ],
+                false,
+                None,
+            )
+            .unwrap()
+        };
+        let both = || both_with(&a_now);
+        // No journal: compared in full.
+        let mut m = both();
+        resume(&mut m, None);
+        assert_eq!(m.roles, vec![Role::InSync, Role::Full]);
+        // A journal that tracks b since the generation b holds: resumed from it.
+        let mut j = Pending::default();
+        let tracked = Tracked {
+            since: s[1].generation.clone(),
+            marks: Default::default(),
+        };
+        j.tracked.insert(s[1].replica.clone(), tracked.clone());
+        let mut m = both();
+        resume(&mut m, Some(&j));
+        assert_eq!(m.roles, vec![Role::InSync, Role::Behind]);
+        assert_eq!(m.missed[1], Some(tracked));
+        // Tracked since another generation: full.
+        j.tracked.get_mut(&s[1].replica).unwrap().since = "other".into();
+        let mut m = both();
+        resume(&mut m, Some(&j));
+        assert_eq!(m.roles[1], Role::Full);
+        // After an unclean end, everything but the head is compared in full.
+        let mut unclean = a_now.clone();
+        unclean.clean = false;
+        let mut m = both_with(&unclean);
+        resume(&mut m, Some(&j));
+        assert_eq!(m.roles, vec![Role::InSync, Role::Full]);
     }
 
     #[test]

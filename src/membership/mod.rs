@@ -1,7 +1,9 @@
 //! Which replicas form a mirror and which of them hold the latest data: the state each
-//! replica records about itself, and the rules that assemble a mirror from them.
+//! replica records about itself, the journal of what replicas that fell behind missed, and
+//! the rules that assemble a mirror from them.
 
 pub mod assemble;
+pub mod journal;
 pub mod state;
 
 use std::io;

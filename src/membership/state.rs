@@ -20,7 +20,6 @@ use crate::sys;
 
 /// The state file inside the metadata directory.
 pub const STATE_FILE: &str = "state.json";
-const STATE_TMP: &str = "state.json.tmp";
 const FORMAT: u32 = 1;
 /// Older generations a replica remembers.
 const HISTORY: usize = 64;
@@ -99,18 +98,9 @@ impl ReplicaState {
 
     /// Reads `.mirrorfs/state.json` under a replica root; `None` if there is none.
     pub fn load(root: BorrowedFd<'_>) -> io::Result<Option<ReplicaState>> {
-        let meta = match open_meta(root) {
-            Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-            Err(e) => return Err(e),
+        let Some(text) = read_meta(root, STATE_FILE)? else {
+            return Ok(None);
         };
-        let fd = match sys::open_regular(meta.as_fd(), OsStr::new(STATE_FILE), libc::O_RDONLY) {
-            Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let mut text = String::new();
-        std::fs::File::from(fd).read_to_string(&mut text)?;
         let state: ReplicaState = serde_json::from_str(&text).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidData, format!("{STATE_FILE}: {e}"))
         })?;
@@ -123,33 +113,51 @@ impl ReplicaState {
         Ok(Some(state))
     }
 
-    /// Writes the state durably: to a temporary file, synced, renamed over the old one,
-    /// and the directory synced.
+    /// Writes the state durably.
     pub fn save(&self, root: BorrowedFd<'_>) -> io::Result<()> {
         let meta = open_meta(root)?;
-        let _ = sys::unlinkat(meta.as_fd(), OsStr::new(STATE_TMP), false);
-        let fd = sys::openat(
-            meta.as_fd(),
-            OsStr::new(STATE_TMP),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
-            0o600,
-        )?;
-        let mut file = std::fs::File::from(fd);
-        file.write_all(&serde_json::to_vec_pretty(self)?)?;
-        file.sync_all()?;
-        sys::renameat2(
-            meta.as_fd(),
-            OsStr::new(STATE_TMP),
-            meta.as_fd(),
-            OsStr::new(STATE_FILE),
-            0,
-        )?;
-        let dir = sys::reopen(meta.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
-        sys::fsync(dir.as_fd(), false)
+        write_atomically(meta.as_fd(), STATE_FILE, &serde_json::to_vec_pretty(self)?)
     }
 }
 
-fn open_meta(root: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+/// The text of `name` in a replica's metadata directory; `None` if there is none.
+pub(crate) fn read_meta(root: BorrowedFd<'_>, name: &str) -> io::Result<Option<String>> {
+    let meta = match open_meta(root) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let fd = match sys::open_regular(meta.as_fd(), OsStr::new(name), libc::O_RDONLY) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut text = String::new();
+    std::fs::File::from(fd).read_to_string(&mut text)?;
+    Ok(Some(text))
+}
+
+/// Replaces `name` in the metadata directory durably: the bytes go to a temporary file,
+/// synced, renamed over the old one, and the directory is synced.
+pub(crate) fn write_atomically(meta: BorrowedFd<'_>, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = format!("{name}.tmp");
+    let tmp = OsStr::new(&tmp);
+    let _ = sys::unlinkat(meta, tmp, false);
+    let fd = sys::openat(
+        meta,
+        tmp,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+        0o600,
+    )?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    sys::renameat2(meta, tmp, meta, OsStr::new(name), 0)?;
+    let dir = sys::reopen(meta, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    sys::fsync(dir.as_fd(), false)
+}
+
+pub(crate) fn open_meta(root: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     sys::openat(
         root,
         OsStr::new(META_DIR),

@@ -161,7 +161,26 @@ fn assemble(plan: &MountPlan, args: &MountArgs) -> Result<Assembly, CliError> {
         ),
         None => None,
     };
-    membership::assemble::assemble(&given, args.init, source.as_ref()).map_err(CliError::new)
+    let mut assembly = membership::assemble::assemble(&given, args.init, source.as_ref())
+        .map_err(CliError::new)?;
+    let journal = if assembly.head_clean {
+        match membership::journal::load(plan.roots[assembly.head].as_fd()) {
+            Ok(j) => j,
+            Err(e) => {
+                assembly.notes.push(format!(
+                    "the journal of {} cannot be read ({}); replicas behind it are compared \
+                     in full",
+                    plan.replicas[assembly.head].display(),
+                    sys::describe(&e)
+                ));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    membership::assemble::resume(&mut assembly, journal.as_ref());
+    Ok(assembly)
 }
 
 /// Records each replica's state for the session, durably, before it is mounted.
@@ -301,6 +320,7 @@ fn start(
     }
     let set = MirrorSet::new(assembly, opts.read_only());
     let fs = Arc::new(MirrorFs::new(replicas, fs_options, set));
+    fs.resume(&assembly.missed);
     let dev = kernel::mount(&mount_point, &name, opts).map_err(|e| {
         let hint = if e.raw_os_error() == Some(libc::EPERM) {
             " (mounting needs root)"

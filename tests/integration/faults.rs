@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::common::{Mirror, Unmount, mirrorfs};
+use crate::common::{Mirror, Unmount, mirrorfs, run};
 
 fn state(m: &Mirror, i: usize) -> String {
     m.status()["daemon"]["replicas"][i]["state"]
@@ -33,16 +33,6 @@ pub fn wait_for_state(m: &Mirror, i: usize, want: &str) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{:?}: {}",
-        cmd,
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

@@ -10,6 +10,7 @@ mod divergence;
 mod errnos;
 mod faults;
 mod files;
+mod journal;
 mod lifecycle;
 mod membership;
 mod metadata;

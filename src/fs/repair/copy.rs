@@ -15,9 +15,6 @@ use crate::membership::state::new_id;
 use crate::names::META_DIR;
 use crate::sys::{self, Stat};
 
-/// The unit content is copied and compared in.
-pub const CHUNK: u64 = 1 << 20;
-
 const TMP_DIR: &str = "tmp";
 const TRASH_DIR: &str = "trash";
 

@@ -16,8 +16,10 @@ use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
-use super::copy::{self, CHUNK, Snapshot};
+use super::copy::{self, Snapshot};
 use super::marks::Failed;
+use crate::fs::chunks::CHUNK;
+use crate::fs::inode::Ino;
 use crate::fs::mirror::MirrorFs;
 use crate::fs::object::Object;
 use crate::replica::Replica;
@@ -92,7 +94,7 @@ impl MirrorFs {
         );
         if sys::is_fault(errno) && r.set_failed(errno, format!("repair: {}", sys::strerror(errno)))
         {
-            self.set.fail(&self.replicas, r);
+            self.fail_replica(r);
         }
     }
 
@@ -111,6 +113,12 @@ impl MirrorFs {
             .iter()
             .map(|(ino, d, _)| if *d != 0 { size(*ino) } else { 0 })
             .collect();
+        // Bytes a data mark of `index` on `ino` copies: the file, or its marked chunks.
+        let bytes = |ino: Ino, index: usize, size: u64| match self.table().stale_chunks(ino, index)
+        {
+            None => size,
+            Some(c) => c.byte_ranges(size).iter().map(|(_, len)| len).sum(),
+        };
         self.replicas
             .iter()
             .map(|r| {
@@ -122,8 +130,13 @@ impl MirrorFs {
                     .iter()
                     .zip(&sizes)
                     .filter(|((_, d, e), _)| (d | e) & bit != 0)
-                    .fold((0, 0), |(f, b), ((_, d, _), size)| {
-                        (f + 1, b + if d & bit != 0 { *size } else { 0 })
+                    .fold((0, 0), |(f, b), ((ino, d, _), size)| {
+                        let copied = if d & bit != 0 {
+                            bytes(*ino, r.index, *size)
+                        } else {
+                            0
+                        };
+                        (f + 1, b + copied)
                     })
             })
             .collect()

@@ -19,8 +19,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use fuser::FileType;
 use tracing::debug;
 
-use super::copy::{self, CHUNK, CopyError, Snapshot};
+use super::copy::{self, CopyError, Snapshot};
 use crate::fs::attr;
+use crate::fs::chunks::{CHUNK, Chunks};
 use crate::fs::inode::{Ino, ROOT, ReplicaSet};
 use crate::fs::mirror::{MirrorFs, Scope};
 use crate::fs::object::Object;
@@ -100,22 +101,19 @@ impl MirrorFs {
                 };
                 match done {
                     Ok(then_listing) => {
-                        let (cleared, gone) = {
-                            let mut table = self.table();
-                            let cleared = table.clear(ino, index, entries, seq);
-                            if then_listing {
-                                table.mark_entries(ino, index);
-                            }
-                            cleared
-                        };
-                        self.dropped(&gone);
+                        let cleared = self.clear_mark(ino, index, entries, seq);
+                        if then_listing {
+                            self.diverged("repair", &[(index, 0)], &[Scope::Entries(ino)]);
+                        }
                         if cleared {
                             self.repair.did(0, 0, 1);
                         }
                         progress = true;
                     }
-                    Err(Failed::Target(e)) => self.repair_failed(t, ino, e),
-                    Err(Failed::Source(e)) => self.repair_failed(s, ino, e),
+                    // A target keeps the mark it has; a source that cannot be read is
+                    // out of sync for the whole object.
+                    Err(Failed::Target(e)) => self.repair_failed(t, e, Scope::Meta(ino)),
+                    Err(Failed::Source(e)) => self.repair_failed(s, e, Scope::Data(ino)),
                 }
             }
             if !progress {
@@ -151,12 +149,12 @@ impl MirrorFs {
 
     /// A repair step failed: a fault fails the replica it happened on (marking the inode,
     /// which is marked already); anything else is retried in a later round.
-    fn repair_failed(&self, r: &Replica, ino: Ino, e: io::Error) {
+    fn repair_failed(&self, r: &Replica, e: io::Error, scope: Scope) {
         let errno = sys::errno(&e);
         if sys::is_fault(errno) {
-            self.diverged("repair", &[(r.index, errno)], &[Scope::Data(ino)]);
+            self.diverged("repair", &[(r.index, errno)], &[scope]);
         } else {
-            debug!(replica = %r.path.display(), ino, error = %sys::describe(&e), "repair step deferred");
+            debug!(replica = %r.path.display(), ino = scope.ino(), error = %sys::describe(&e), "repair step deferred");
         }
     }
 
@@ -240,9 +238,11 @@ impl MirrorFs {
         let from = src(self.with_name(s, ino, |d, n| sys::open_regular(d, n, libc::O_RDONLY)))?;
         let have = tgt(self.snapshot_on(t, ino))?;
         if have.as_ref().is_some_and(|h| h.kind() == libc::S_IFREG) {
-            // In place: the file's other names on the target stay links of it.
+            // In place: the file's other names on the target stay links of it, and of a
+            // partial mark only the chunks it names are copied.
+            let only = self.table().stale_chunks(ino, t.index);
             let to = tgt(self.with_name(t, ino, |d, n| sys::open_regular(d, n, libc::O_RDWR)))?;
-            self.copy_contents(ino, &from, &to)?;
+            self.copy_contents(ino, &from, &to, only.as_ref())?;
             let _order = self.order(&[ino]);
             self.finish_file(ino, s, &from, &to)?;
             return self.relink(ino, t);
@@ -254,31 +254,50 @@ impl MirrorFs {
             libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
             0o600,
         ))?;
-        self.copy_contents(ino, &from, &to)?;
+        self.copy_contents(ino, &from, &to, None)?;
         let _order = self.order(&[ino]);
         self.finish_file(ino, s, &from, &to)?;
         self.install_on(t, ino, &tmp, &name, have.as_ref())?;
         self.relink(ino, t)
     }
 
-    /// Copies a file's contents chunk by chunk, each under the file's order lock.
-    fn copy_contents(&self, ino: Ino, from: &OwnedFd, to: &OwnedFd) -> Step<()> {
-        let mut off = 0;
-        loop {
-            let n = {
-                let _order = self.order(&[ino]);
-                let size = src(sys::fstat(from.as_fd()))?.st_size as u64;
-                if off >= size {
-                    return Ok(());
+    /// Copies a file's contents (all of them, or `only` those chunks) chunk by chunk,
+    /// each under the file's order lock.
+    fn copy_contents(
+        &self,
+        ino: Ino,
+        from: &OwnedFd,
+        to: &OwnedFd,
+        only: Option<&Chunks>,
+    ) -> Step<()> {
+        let ranges: Vec<(u64, u64)> = match only {
+            None => vec![(0, u64::MAX)],
+            Some(c) => c
+                .ranges()
+                .iter()
+                .map(|&(a, b)| (a.saturating_mul(CHUNK), b.saturating_mul(CHUNK)))
+                .collect(),
+        };
+        for (start, end) in ranges {
+            let mut off = start;
+            while off < end {
+                let n = {
+                    let _order = self.order(&[ino]);
+                    let size = src(sys::fstat(from.as_fd()))?.st_size as u64;
+                    if off >= size {
+                        break;
+                    }
+                    let len = CHUNK.min(size - off).min(end - off);
+                    copy::copy_bytes(from.as_fd(), to.as_fd(), off, len)?
+                };
+                if n == 0 {
+                    break;
                 }
-                copy::copy_bytes(from.as_fd(), to.as_fd(), off, CHUNK.min(size - off))?
-            };
-            if n == 0 {
-                return Ok(());
+                self.repair.did(n, n, 0);
+                off += n;
             }
-            self.repair.did(n, n, 0);
-            off += n;
         }
+        Ok(())
     }
 
     /// Sets a copied file's size and attributes to the source's (under the order lock).
@@ -322,7 +341,7 @@ impl MirrorFs {
             Ok(fd) => fd,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 // The directory itself is missing there: repair it first.
-                self.table().mark_data(dir, t.index);
+                self.diverged("repair", &[(t.index, 0)], &[Scope::Data(dir)]);
                 return Ok(());
             }
             Err(e) => return Err(Failed::Target(e)),
@@ -334,13 +353,12 @@ impl MirrorFs {
                 tgt(copy::discard(t.root().as_fd(), on_t.as_fd(), name))?;
             }
         }
-        let mut table = self.table();
-        for (name, kind) in &want {
-            if !have.iter().any(|(n, k)| n == name && k == kind) {
-                let child = table.ensure_child(dir, name, attr::kind(*kind));
-                table.mark_data(child, t.index);
-            }
-        }
+        let missing: Vec<_> = want
+            .iter()
+            .filter(|(name, kind)| !have.iter().any(|(n, k)| n == name && k == kind))
+            .map(|(name, kind)| (name.clone(), attr::kind(*kind)))
+            .collect();
+        self.mark_missing(dir, t.index, &missing);
         Ok(())
     }
 }

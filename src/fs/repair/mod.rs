@@ -248,7 +248,7 @@ impl MirrorFs {
             return;
         };
         for r in self.replicas.iter().filter(|r| r.index != keep) {
-            self.set.require_full(&self.replicas, r);
+            self.require_full(r);
         }
         info!("full comparison of every replica requested");
     }
@@ -278,9 +278,8 @@ impl MirrorFs {
             let bit = 1 << r.index;
             if self.set.current() & bit == 0
                 && self.set.needs_full() & bit == 0
-                && !self.has_marks(r.index)
+                && self.caught_up(r)
             {
-                self.set.caught_up(r);
                 info!(replica = %r.path.display(), "replica is in sync again");
             }
         }
@@ -298,13 +297,5 @@ impl MirrorFs {
             }
         }
         set
-    }
-
-    fn has_marks(&self, index: usize) -> bool {
-        let bit = 1 << index;
-        self.table()
-            .marks()
-            .iter()
-            .any(|(_, d, e)| (d | e) & bit != 0)
     }
 }

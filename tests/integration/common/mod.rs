@@ -24,6 +24,17 @@ pub fn mirrorfs(args: &[&OsStr]) -> Output {
     Command::new(BIN).args(args).output().expect("run mirrorfs")
 }
 
+/// Runs a system command (mount, umount) and asserts that it succeeded.
+pub fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn cstr(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
 }
@@ -221,6 +232,21 @@ impl Mirror {
             String::from_utf8_lossy(&out.stderr)
         );
         self.pid = None;
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would, and detaches its dead mount.
+    pub fn kill_daemon(&mut self) {
+        let pid = self.pid.take().expect("mounted") as i32;
+        // SAFETY: killing and reaping nothing but the test's own daemon.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // SAFETY: signal 0 only checks that the process exists.
+        while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let path = cstr(&self.mnt);
+        // SAFETY: detaching the test's own (dead) mount.
+        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
     }
 
     /// Asserts that the mount and every replica hold the same tree.

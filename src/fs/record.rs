@@ -1,0 +1,609 @@
+//! Recording what replicas miss: marks in the inode table and records in the journal,
+//! always made together, under one lock.
+//!
+//! The journal lock is taken before the table lock and held while a mark is made and its
+//! record appended, so the journal holds marks, repairs and renames in the order the table
+//! saw them. A replica is *tracked* (its misses journaled) from the moment it stops being
+//! current until it is in sync again or is to be compared in full; records go to the
+//! journal of every current replica. A replica whose journal cannot be written can no
+//! longer vouch for what others missed: it fails like one that refuses a write.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::MutexGuard;
+
+use fuser::FileType;
+use tracing::{error, info, warn};
+
+use crate::fs::chunks::chunks_of;
+use crate::fs::inode::{Added, Ino, InodeTable, ROOT, ReplicaSet};
+use crate::fs::mirror::{MirrorFs, Scope, divergence_reason};
+use crate::membership::journal::{self, PathMarks, RecPath, Record, Tracked, What};
+use crate::replica::Replica;
+use crate::sys;
+
+/// Journal bytes appended since the last snapshot that make the next append rewrite it
+/// (also at least four times the snapshot, so that a large one is not rewritten often).
+const COMPACT_AFTER: u64 = 1 << 20;
+
+/// Marks one replica may hold before it is compared in full instead (the marks live in
+/// memory).
+const MAX_MARKS: usize = 1 << 20;
+
+/// The journal side of a mounted mirror.
+#[derive(Debug)]
+pub struct Journal {
+    /// Per replica: its id, as records name it.
+    ids: Vec<String>,
+    /// Replicas whose journal is written: the current ones.
+    writers: ReplicaSet,
+    /// Per replica: while it is tracked, the generation its data is at.
+    since: Vec<Option<String>>,
+    /// Bytes appended since the last snapshot, and that snapshot's size.
+    appended: u64,
+    snapshot: u64,
+}
+
+impl Journal {
+    pub fn new(ids: Vec<String>) -> Journal {
+        let n = ids.len();
+        Journal {
+            ids,
+            writers: 0,
+            since: vec![None; n],
+            appended: 0,
+            snapshot: 0,
+        }
+    }
+
+    fn tracked(&self, index: usize) -> bool {
+        self.since[index].is_some()
+    }
+
+    /// The tracked replicas, as a set.
+    pub fn tracked_set(&self) -> ReplicaSet {
+        (0..self.since.len())
+            .filter(|&i| self.tracked(i))
+            .fold(0, |s, i| s | (1 << i))
+    }
+
+    fn untrack(&mut self, index: usize) -> Option<Record> {
+        self.since[index].take().map(|_| Record::Untrack {
+            replica: self.ids[index].clone(),
+        })
+    }
+}
+
+type Guard<'a> = MutexGuard<'a, Journal>;
+
+fn path_of(table: &InodeTable, ino: Ino) -> Option<RecPath> {
+    table.relative_path(ino).map(RecPath)
+}
+
+impl MirrorFs {
+    pub(crate) fn journal(&self) -> Guard<'_> {
+        self.journal.lock().expect("journal lock")
+    }
+
+    /// Marks replicas that answered differently from the result the caller got (errno 0:
+    /// they were skipped) out of sync for every scope; each new mark is logged once and
+    /// journaled, and a replica that answered with a fault (EIO, ENOSPC, EROFS, ...) is
+    /// failed.
+    pub(crate) fn diverged(&self, op: &'static str, replicas: &[(usize, i32)], scopes: &[Scope]) {
+        if replicas.is_empty() {
+            return;
+        }
+        let mut j = self.journal();
+        // Replicas that stop being current are tracked before their first mark is written.
+        let fallen = replicas.iter().fold(0, |s, (i, _)| s | (1 << i));
+        self.leave_current(&mut j, fallen);
+        let mut failed = Vec::new();
+        let mut records = Vec::new();
+        let mut table = self.table();
+        for &(index, errno) in replicas {
+            let r = &self.replicas[index];
+            // A node missing on a replica means its parent's listing differs there too.
+            let missing_in: Vec<Scope> = if errno == libc::ENOENT {
+                scopes
+                    .iter()
+                    .filter_map(|s| match *s {
+                        Scope::Entries(_) => None,
+                        s => table.location(s.ino()).map(|(p, _)| Scope::Entries(p)),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            for scope in scopes.iter().chain(&missing_in) {
+                let added = mark(&mut table, *scope, index);
+                if let Some(what) = &added
+                    && j.tracked(index)
+                    && let Some(path) = path_of(&table, scope.ino())
+                {
+                    records.push(Record::Mark {
+                        replica: j.ids[index].clone(),
+                        path,
+                        what: what.clone(),
+                    });
+                }
+                if errno == 0 {
+                    continue;
+                }
+                let path = table.display_path(scope.ino());
+                if added.is_some() {
+                    warn!(
+                        replica = %r.path.display(),
+                        op,
+                        path = %path,
+                        error = %divergence_reason(errno),
+                        "replica is out of sync for this path; it will not be read from \
+                         for it until it is repaired"
+                    );
+                }
+                if sys::is_fault(errno)
+                    && r.set_failed(errno, format!("{op} {path}: {}", sys::strerror(errno)))
+                {
+                    failed.push(index);
+                }
+                r.record_error(op, path, errno);
+            }
+        }
+        let overflow = table.marked_count() > MAX_MARKS;
+        drop(table);
+        self.append(&mut j, records);
+        for index in failed {
+            let r = &self.replicas[index];
+            error!(
+                replica = %r.path.display(),
+                reason = %r.failure().map(|f| f.reason).unwrap_or_default(),
+                "replica failed; it is skipped until it works again, and what it misses \
+                 is recorded for repair"
+            );
+            self.set.deactivate(index);
+        }
+        if overflow {
+            self.overflowed(&mut j);
+        }
+    }
+
+    /// Clears `replica`'s mark on `ino` (its listing, with `entries`) if nothing marked it
+    /// since `seq`, and journals it. Returns whether it was cleared.
+    pub(crate) fn clear_mark(&self, ino: Ino, index: usize, entries: bool, seq: u32) -> bool {
+        let mut j = self.journal();
+        let mut table = self.table();
+        let path = path_of(&table, ino);
+        let (cleared, gone) = table.clear(ino, index, entries, seq);
+        drop(table);
+        self.dropped(&gone);
+        if cleared
+            && j.tracked(index)
+            && let Some(path) = path
+        {
+            let rec = Record::Clear {
+                replica: j.ids[index].clone(),
+                path,
+                entries,
+            };
+            self.append(&mut j, vec![rec]);
+        }
+        cleared
+    }
+
+    /// Applies a rename to the table, journaling it when a replica is tracked (marks move
+    /// with the names). Returns the inodes that left the table.
+    pub(crate) fn record_rename(
+        &self,
+        parent: Ino,
+        name: &std::ffi::OsStr,
+        new_parent: Ino,
+        new_name: &std::ffi::OsStr,
+        exchange: bool,
+    ) -> Vec<Ino> {
+        let mut j = self.journal();
+        let mut table = self.table();
+        let paths = (j.tracked_set() != 0)
+            .then(|| {
+                Some((
+                    table.relative_path(parent)?.join(name),
+                    table.relative_path(new_parent)?.join(new_name),
+                ))
+            })
+            .flatten();
+        let gone = table.rename(parent, name, new_parent, new_name, exchange);
+        drop(table);
+        if let Some((from, to)) = paths {
+            let rec = Record::Rename {
+                from: RecPath(from),
+                to: RecPath(to),
+                exchange,
+            };
+            self.append(&mut j, vec![rec]);
+        }
+        gone
+    }
+
+    /// Applies an unlink or rmdir to the table. A file that keeps other names keeps its
+    /// marks: they are journaled again under the name it is now known by.
+    pub(crate) fn record_unlink(&self, parent: Ino, name: &std::ffi::OsStr) -> Vec<Ino> {
+        let mut j = self.journal();
+        let mut table = self.table();
+        let victim = table.child(parent, name);
+        let gone = table.unlink(parent, name);
+        let mut records = Vec::new();
+        if let Some(ino) = victim
+            && j.tracked_set() != 0
+            && let Some(path) = path_of(&table, ino)
+        {
+            records = marks_of(&j, &table, ino, &path);
+        }
+        drop(table);
+        self.append(&mut j, records);
+        gone
+    }
+
+    /// Writes records to every open journal. A replica whose journal fails is failed, and
+    /// the others track it from then on.
+    fn append(&self, j: &mut Journal, records: Vec<Record>) {
+        let mut pending = records;
+        while !pending.is_empty() {
+            let bytes = journal::encode(&pending);
+            let mut broken = 0;
+            for r in self.members(j.writers) {
+                if let Err(e) = journal::append(r.root().as_fd(), &bytes) {
+                    broken |= 1 << r.index;
+                    self.journal_failed(r, &e);
+                }
+            }
+            j.writers &= !broken;
+            j.appended += bytes.len() as u64;
+            pending = if broken == 0 {
+                Vec::new()
+            } else {
+                self.stop_current(j, broken)
+            };
+        }
+        if j.appended > COMPACT_AFTER.max(4 * j.snapshot) {
+            self.rewrite_journals(j, 0);
+        }
+    }
+
+    fn journal_failed(&self, r: &Replica, e: &io::Error) {
+        let errno = sys::errno(e);
+        let errno = if errno == 0 { libc::EIO } else { errno };
+        if r.set_failed(errno, format!("journal: {}", sys::describe(e))) {
+            error!(
+                replica = %r.path.display(),
+                error = %sys::describe(e),
+                "cannot write the journal; the replica is failed until it works again"
+            );
+        }
+        self.set.deactivate(r.index);
+    }
+
+    /// `fallen` stop being current (if they were): the rest move to a new generation and
+    /// journal that they track them from the generation they stay at (unless they are to
+    /// be compared in full).
+    fn leave_current(&self, j: &mut Journal, fallen: ReplicaSet) {
+        let records = self.stop_current(j, fallen);
+        self.append(j, records);
+    }
+
+    fn stop_current(&self, j: &mut Journal, fallen: ReplicaSet) -> Vec<Record> {
+        let full = self.set.needs_full();
+        let mut records = Vec::new();
+        for (i, since) in self.set.fell_behind(&self.replicas, fallen) {
+            j.writers &= !(1 << i);
+            if full & (1 << i) == 0 && !self.set.read_only() {
+                records.push(Record::Track {
+                    replica: j.ids[i].clone(),
+                    since: since.clone(),
+                });
+                j.since[i] = Some(since);
+            }
+        }
+        records
+    }
+
+    /// Fails replica `r` as a whole (its root went away, or repair hit a fault on it):
+    /// nothing it holds is used until it works again.
+    pub(crate) fn fail_replica(&self, r: &Replica) {
+        let mut j = self.journal();
+        self.set.deactivate(r.index);
+        self.leave_current(&mut j, 1 << r.index);
+    }
+
+    /// Replica `r` must be compared in full before it is used again; the journal stops
+    /// tracking it.
+    pub(crate) fn require_full(&self, r: &Replica) {
+        let mut j = self.journal();
+        self.set.require_full(r.index);
+        let records = j.untrack(r.index).into_iter().collect();
+        self.append(&mut j, records);
+        self.leave_current(&mut j, 1 << r.index);
+    }
+
+    /// A failed replica works again: it takes part where it is current, or, when what it
+    /// missed is not known (`needs_full`), once it has been compared in full.
+    pub(crate) fn readmit(&self, r: &Replica, needs_full: bool) {
+        let mut j = self.journal();
+        if needs_full {
+            let records = j.untrack(r.index).into_iter().collect();
+            self.append(&mut j, records);
+        }
+        self.set.readmit(r, needs_full);
+    }
+
+    /// Replica `r` has no marks left: it takes the head generation, takes part in
+    /// everything and gets a journal of its own (every current journal is rewritten
+    /// without it). Returns whether it caught up.
+    pub(crate) fn caught_up(&self, r: &Replica) -> bool {
+        let mut j = self.journal();
+        if self.has_marks(r.index) || !self.set.caught_up(r) {
+            return false;
+        }
+        j.since[r.index] = None;
+        self.rewrite_journals(&mut j, 0);
+        true
+    }
+
+    /// Marks the contents of names a replica's listing of `dir` lacks (or holds as
+    /// another kind), making table nodes for them; repair then makes them there.
+    pub(crate) fn mark_missing(
+        &self,
+        dir: Ino,
+        index: usize,
+        missing: &[(std::ffi::OsString, FileType)],
+    ) {
+        let mut j = self.journal();
+        let mut records = Vec::new();
+        let mut table = self.table();
+        for (name, kind) in missing {
+            let child = table.ensure_child(dir, name, *kind);
+            if table.mark_data(child, index)
+                && j.tracked(index)
+                && let Some(path) = path_of(&table, child)
+            {
+                records.push(Record::Mark {
+                    replica: j.ids[index].clone(),
+                    path,
+                    what: What::Data,
+                });
+            }
+        }
+        drop(table);
+        self.append(&mut j, records);
+    }
+
+    /// Whether replica `index` has any out-of-sync mark.
+    pub(crate) fn has_marks(&self, index: usize) -> bool {
+        let bit = 1 << index;
+        self.table()
+            .marks()
+            .iter()
+            .any(|(_, d, e)| (d | e) & bit != 0)
+    }
+
+    /// Too many marks to keep: every replica they are for is compared in full instead.
+    fn overflowed(&self, j: &mut Journal) {
+        let marked = self
+            .table()
+            .marks()
+            .iter()
+            .fold(0, |s, (_, d, e)| s | d | e);
+        for r in self.members(marked) {
+            warn!(
+                replica = %r.path.display(),
+                "too many paths out of sync to track one by one; the replica will be \
+                 compared in full"
+            );
+            self.set.require_full(r.index);
+            if let Some(rec) = j.untrack(r.index) {
+                self.append(j, vec![rec]);
+            }
+            let gone = self.table().clear_replica(r.index);
+            self.dropped(&gone);
+        }
+    }
+
+    /// The journal as it stands: what every tracked replica misses.
+    fn journal_snapshot(&self, j: &Journal) -> Vec<Record> {
+        let mut records: Vec<Record> = (0..j.ids.len())
+            .filter_map(|i| {
+                j.since[i].as_ref().map(|since| Record::Track {
+                    replica: j.ids[i].clone(),
+                    since: since.clone(),
+                })
+            })
+            .collect();
+        if j.tracked_set() == 0 {
+            return records;
+        }
+        let table = self.table();
+        for (ino, _, _) in table.marks() {
+            if let Some(path) = path_of(&table, ino) {
+                records.extend(marks_of(j, &table, ino, &path));
+            }
+        }
+        records
+    }
+
+    /// Rewrites the journal of every current replica (and of `extra`) as a snapshot.
+    fn rewrite_journals(&self, j: &mut Journal, extra: ReplicaSet) {
+        if self.set.read_only() {
+            return;
+        }
+        let records = self.journal_snapshot(j);
+        let size = journal::encode(&records).len() as u64;
+        let targets = (self.set.current() & self.set.active()) | extra;
+        let mut broken = 0;
+        for r in self.members(targets) {
+            match journal::rewrite(r.root().as_fd(), &records) {
+                Ok(()) => j.writers |= 1 << r.index,
+                Err(e) => {
+                    j.writers &= !(1 << r.index);
+                    broken |= 1 << r.index;
+                    self.journal_failed(r, &e);
+                }
+            }
+        }
+        j.appended = 0;
+        j.snapshot = size;
+        if broken != 0 {
+            let records = self.stop_current(j, broken);
+            self.append(j, records);
+        }
+    }
+
+    /// Flushes every open journal to disk (at a clean unmount). Returns the tracked
+    /// replicas, whose journal is then complete.
+    pub(crate) fn sync_journals(&self) -> ReplicaSet {
+        let mut j = self.journal();
+        let mut broken = 0;
+        for r in self.members(j.writers) {
+            if let Err(e) = journal::sync(r.root().as_fd()) {
+                broken |= 1 << r.index;
+                self.journal_failed(r, &e);
+            }
+        }
+        j.writers &= !broken;
+        if broken != 0 {
+            let records = self.stop_current(&mut j, broken);
+            self.append(&mut j, records);
+        }
+        j.tracked_set()
+    }
+
+    /// At mount: takes up what the journal says replicas that are behind missed (marks
+    /// for them, made along the paths the head holds), then gives every current replica a
+    /// fresh journal.
+    pub fn resume(&self, missed: &[Option<Tracked>]) {
+        let mut j = self.journal();
+        let source = self.members(self.set.current()).next();
+        for (index, tracked) in missed.iter().enumerate() {
+            let (Some(tracked), Some(source)) = (tracked, source) else {
+                continue;
+            };
+            j.since[index] = Some(tracked.since.clone());
+            for (path, marks) in &tracked.marks {
+                if let Err(e) = self.replay(source, index, path, marks) {
+                    warn!(
+                        replica = %self.replicas[index].path.display(),
+                        error = %sys::describe(&e),
+                        "cannot take up the journal; the replica will be compared in full"
+                    );
+                    self.set.require_full(index);
+                    j.since[index] = None;
+                    let gone = self.table().clear_replica(index);
+                    self.dropped(&gone);
+                    break;
+                }
+            }
+            if j.tracked(index) {
+                info!(
+                    replica = %self.replicas[index].path.display(),
+                    paths = tracked.marks.len(),
+                    "replica is behind; repair brings it the paths the journal recorded"
+                );
+            }
+        }
+        self.rewrite_journals(&mut j, 0);
+    }
+
+    /// Marks what `index` misses of `path`, making table nodes along it from what
+    /// `source` holds. A path the source no longer has marks the listing of its deepest
+    /// directory that it does have.
+    fn replay(
+        &self,
+        source: &Replica,
+        index: usize,
+        path: &std::path::Path,
+        marks: &PathMarks,
+    ) -> io::Result<()> {
+        let mut ino = ROOT;
+        let depth = path.iter().count();
+        for (at, name) in path.iter().enumerate() {
+            let dir = self.dir_fd(source, ino)?;
+            let st = match sys::statat(dir.as_fd(), name) {
+                Ok(st) => st,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    self.table().mark_entries(ino, index);
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            let kind = crate::fs::attr::kind(st.st_mode);
+            if kind != FileType::Directory && at + 1 < depth {
+                // A file where the journal saw a directory: the listing above differs.
+                self.table().mark_entries(ino, index);
+                return Ok(());
+            }
+            ino = self.table().ensure_child(ino, name, kind);
+        }
+        let mut table = self.table();
+        match &marks.data {
+            Some(None) => {
+                table.mark_data(ino, index);
+            }
+            Some(Some(chunks)) if chunks.ranges().is_empty() => {
+                table.mark_chunks(ino, index, 0, 0);
+            }
+            Some(Some(chunks)) => {
+                for &(a, b) in chunks.ranges() {
+                    table.mark_chunks(ino, index, a, b);
+                }
+            }
+            None => {}
+        }
+        if marks.entries {
+            table.mark_entries(ino, index);
+        }
+        Ok(())
+    }
+}
+
+/// Makes the mark a scope calls for; returns what it newly covers, as a record says it.
+fn mark(table: &mut InodeTable, scope: Scope, index: usize) -> Option<What> {
+    let chunks = |added| match added {
+        Added::Whole => What::Data,
+        Added::Chunks(a, b) => What::Chunks(if a < b { vec![(a, b)] } else { Vec::new() }),
+    };
+    match scope {
+        Scope::Data(ino) => table.mark_data(ino, index).then_some(What::Data),
+        Scope::Entries(ino) => table.mark_entries(ino, index).then_some(What::Entries),
+        Scope::Meta(ino) => table.mark_chunks(ino, index, 0, 0).map(chunks),
+        Scope::Range(ino, offset, len) => {
+            let (first, end) = chunks_of(offset, len);
+            table.mark_chunks(ino, index, first, end).map(chunks)
+        }
+    }
+}
+
+/// Records of every mark tracked replicas have on `ino`, at `path`.
+fn marks_of(j: &Journal, table: &InodeTable, ino: Ino, path: &RecPath) -> Vec<Record> {
+    let Some((data, entries)) = table.marks_on(ino) else {
+        return Vec::new();
+    };
+    let mut records = Vec::new();
+    for i in (0..j.ids.len()).filter(|&i| j.tracked(i)) {
+        let bit = 1 << i;
+        if data & bit != 0 {
+            let what = match table.stale_chunks(ino, i) {
+                None => What::Data,
+                Some(c) => What::Chunks(c.ranges().to_vec()),
+            };
+            records.push(Record::Mark {
+                replica: j.ids[i].clone(),
+                path: path.clone(),
+                what,
+            });
+        }
+        if entries & bit != 0 {
+            records.push(Record::Mark {
+                replica: j.ids[i].clone(),
+                path: path.clone(),
+                what: What::Entries,
+            });
+        }
+    }
+    records
+}

@@ -1,0 +1,134 @@
+//! The durable record of what a replica missed: repair after a restart touches only what
+//! the journal recorded, a large file heals by the chunks that changed, and after a crash
+//! the replicas are compared and agree.
+
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::common::{Mirror, run};
+
+fn remount(path: &std::path::Path, mode: &str) {
+    run(Command::new("mount")
+        .args(["-o", &format!("remount,bind,{mode}")])
+        .arg(path));
+}
+
+fn repair_counter(m: &Mirror, name: &str) -> u64 {
+    m.status()["daemon"]["repair"][name].as_u64().unwrap()
+}
+
+#[test]
+fn a_restart_repairs_only_what_the_journal_recorded() {
+    let mut m = Mirror::setup(2).bind(1).mount();
+    fs::create_dir(m.path("d")).unwrap();
+    for i in 0..100 {
+        fs::write(m.path(&format!("f{i}")), vec![i as u8; 64 << 10]).unwrap();
+    }
+    for i in 0..20 {
+        fs::write(m.path(&format!("d/g{i}")), vec![i as u8; 64 << 10]).unwrap();
+    }
+    m.wait_in_sync();
+    let r1 = m.replicas[1].clone();
+    remount(&r1, "ro");
+    // Replica 1 refuses the first change and misses the rest.
+    fs::write(m.path("f7"), b"rewritten").unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.path("d/g3"))
+        .unwrap()
+        .write_all(b"appended")
+        .unwrap();
+    fs::write(m.path("new"), b"created while out").unwrap();
+    fs::remove_file(m.path("f9")).unwrap();
+    fs::rename(m.path("f11"), m.path("d/moved")).unwrap();
+    fs::set_permissions(m.path("f12"), fs::Permissions::from_mode(0o600)).unwrap();
+    let st = m.status();
+    assert_eq!(st["daemon"]["replicas"][1]["state"], "failed", "{st}");
+    // Unmounted while out of sync; the replica works again while nothing is mounted.
+    m.unmount();
+    remount(&r1, "rw");
+    m.mount();
+    m.wait_in_sync();
+    m.assert_in_sync();
+    assert!(
+        m.log()
+            .contains("repair brings it the paths the journal recorded"),
+        "{}",
+        m.log()
+    );
+    // What repair copied: the few changed paths, not the 120 files of a full comparison.
+    let files = repair_counter(&m, "files_repaired");
+    let bytes = repair_counter(&m, "bytes_repaired");
+    assert!(files <= 12, "{files} paths repaired");
+    assert!(bytes <= 256 << 10, "{bytes} bytes repaired");
+    assert_eq!(fs::read(m.replica(1, "f7")).unwrap(), b"rewritten");
+    assert!(!m.replica(1, "f9").exists());
+}
+
+#[test]
+fn a_large_file_heals_by_the_chunks_that_changed() {
+    const MIB: usize = 1 << 20;
+    let m = Mirror::setup(2).bind(1).mount();
+    {
+        let mut f = fs::File::create(m.path("image")).unwrap();
+        let mut block = vec![0u8; MIB];
+        for i in 0..1024usize {
+            block.fill((i % 251) as u8);
+            block[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            f.write_all(&block).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    m.wait_in_sync();
+    let before = repair_counter(&m, "bytes_repaired");
+    let r1 = m.replicas[1].clone();
+    remount(&r1, "ro");
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(m.path("image"))
+            .unwrap();
+        f.seek(SeekFrom::Start(512 * MIB as u64 + 12345)).unwrap();
+        f.write_all(&vec![0xEE; 3 * MIB]).unwrap();
+    }
+    remount(&r1, "rw");
+    m.wait_in_sync();
+    let copied = repair_counter(&m, "bytes_repaired") - before;
+    assert!(
+        (3 * MIB as u64..=8 * MIB as u64).contains(&copied),
+        "repair copied {copied} bytes of a 1 GiB file for 3 MiB rewritten"
+    );
+    m.assert_in_sync();
+}
+
+#[test]
+fn after_the_daemon_is_killed_mid_write_the_replicas_are_compared_and_agree() {
+    let mut m = Mirror::new(2);
+    fs::create_dir(m.path("d")).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (dir, stop) = (m.path("d"), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let data = vec![(i % 256) as u8; 256 << 10];
+                if fs::write(dir.join(format!("f{}", i % 16)), data).is_err() {
+                    return;
+                }
+                i += 1;
+            }
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    m.kill_daemon();
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    m.mount();
+    m.wait_in_sync();
+    m.assert_in_sync();
+    assert!(m.log().contains("did not end cleanly"), "{}", m.log());
+}
