@@ -189,13 +189,9 @@ impl MirrorFs {
         let h = self.files.get(fh).ok_or_else(ebadf)?;
         let fresh = self.fresh(h.ino);
         let first = h.read_from();
-        let order = (fresh & (1 << first)) | fresh;
-        let preferred = std::iter::once(first)
-            .filter(|i| fresh & (1 << i) != 0)
-            .chain(self.members(order).map(|r| r.index).filter(|&i| i != first));
         let mut last = None;
-        for index in preferred {
-            let r = &self.replicas[index];
+        for r in self.read_order(fresh, Some(first)) {
+            let index = r.index;
             let started = std::time::Instant::now();
             let attempt = self.handle_fd(&h, r).and_then(|fd| {
                 let mut buf = vec![0u8; size as usize];

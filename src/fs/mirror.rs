@@ -175,6 +175,35 @@ impl MirrorFs {
         self.table().fresh_entries(ino, self.set.active())
     }
 
+    /// The replicas of `set` in the order reads try them. First comes the first replica,
+    /// in preference order, whose read latency (a moving average) is within twice the
+    /// best one's plus a margin, so that noise does not move reads around but a replica
+    /// several times slower than another is avoided; `sticky`, the replica a handle reads
+    /// from already, keeps its place while it is fast enough. The others follow, fastest
+    /// first, for failover. A replica not measured yet counts as fast: it gets tried.
+    pub(crate) fn read_order(&self, set: ReplicaSet, sticky: Option<usize>) -> Vec<&Replica> {
+        /// Latency differences below this many microseconds are noise.
+        const MARGIN_US: f64 = 50.0;
+        let mut order: Vec<&Replica> = self.members(set).collect();
+        if order.len() < 2 {
+            return order;
+        }
+        let latency = |r: &Replica| r.read_latency.micros();
+        let best = order
+            .iter()
+            .map(|r| latency(r))
+            .fold(f64::INFINITY, f64::min);
+        let fast = |r: &Replica| latency(r) <= 2.0 * best + MARGIN_US;
+        let first = sticky
+            .and_then(|i| order.iter().position(|r| r.index == i && fast(r)))
+            .or_else(|| order.iter().position(|r| fast(r)))
+            .unwrap_or(0);
+        let chosen = order.remove(first);
+        order.sort_by(|a, b| latency(a).total_cmp(&latency(b)));
+        order.insert(0, chosen);
+        order
+    }
+
     /// The replicas of `set` in preference order.
     pub(crate) fn members(&self, set: ReplicaSet) -> impl Iterator<Item = &Replica> {
         crate::fs::fanout::members(&self.replicas, set)
@@ -272,7 +301,7 @@ impl MirrorFs {
         mut f: impl FnMut(&Replica) -> io::Result<T>,
     ) -> io::Result<T> {
         let mut last = None;
-        for r in self.members(set) {
+        for r in self.read_order(set, None) {
             let started = std::time::Instant::now();
             let result = f(r);
             r.read_latency.record(started.elapsed());

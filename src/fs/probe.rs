@@ -7,7 +7,9 @@
 //! - A failed replica is tried with a small write, sync and removal in its metadata
 //!   directory (and, after ENOSPC, for free space); once that works it is re-admitted and
 //!   repair brings it what it missed. Attempts back off up to half a minute.
-//! - Free space is refreshed for status output.
+//! - Free space is refreshed for status output, and the read latency of every working
+//!   replica is sampled with a small read, so that reads that avoid a slow replica notice
+//!   when it is fast again.
 
 use std::ffi::OsStr;
 use std::io;
@@ -78,6 +80,14 @@ fn probe_io(root: &OwnedFd) -> io::Result<()> {
     written.and(removed)
 }
 
+/// A small read in the metadata directory: the replica's state file.
+fn probe_read(root: &OwnedFd) -> io::Result<()> {
+    let meta = state::open_meta(root.as_fd())?;
+    let fd = sys::open_regular(meta.as_fd(), OsStr::new(state::STATE_FILE), libc::O_RDONLY)?;
+    let mut buf = [0u8; 4096];
+    sys::pread_full(fd.as_fd(), &mut buf, 0).map(drop)
+}
+
 impl MirrorFs {
     /// One round of checks.
     pub fn probe(&self) {
@@ -88,8 +98,16 @@ impl MirrorFs {
             if !self.root_in_place(r) {
                 continue;
             }
-            if r.failure().is_some() && self.due(r) {
-                self.try_readmit(r);
+            if r.failure().is_some() {
+                if self.due(r) {
+                    self.try_readmit(r);
+                }
+            } else {
+                // Reads may avoid a replica that was slow: keep measuring it.
+                let started = Instant::now();
+                if probe_read(&r.root()).is_ok() {
+                    r.read_latency.record(started.elapsed());
+                }
             }
         }
     }

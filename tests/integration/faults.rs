@@ -240,3 +240,44 @@ fn writes_during_a_repair_are_neither_lost_nor_left_different() {
     m.wait_in_sync();
     m.assert_in_sync();
 }
+
+#[test]
+fn reads_avoid_a_replica_ten_times_slower() {
+    let m = Mirror::setup(2).faulty(0).faulty(1).mount();
+    let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 253) as u8).collect();
+    fs::write(m.path("f"), &data).unwrap();
+    // The first replica, which reads prefer while all are alike, turns slow: each of its
+    // operations takes 2 ms more (a passthrough operation takes well under 0.2 ms).
+    m.faults(0).delay_us.store(2000, Ordering::Relaxed);
+    let reads = |i: usize| m.faults(i).reads.load(Ordering::Relaxed);
+    // A few reads measure it; after that, reads go to the fast replica.
+    for _ in 0..5 {
+        assert_eq!(fs::read(m.path("f")).unwrap(), data);
+    }
+    let (slow0, fast0) = (reads(0), reads(1));
+    for _ in 0..20 {
+        assert_eq!(fs::read(m.path("f")).unwrap(), data);
+    }
+    let (slow, fast) = (reads(0) - slow0, reads(1) - fast0);
+    assert!(
+        fast > 0 && slow * 10 <= fast,
+        "{slow} reads went to the slow replica, {fast} to the fast one"
+    );
+    // It is slow, not broken: nothing failed and nothing is out of sync.
+    assert_eq!(state(&m, 0), "in-sync");
+    // Once it is fast again, the background samples bring reads back to it.
+    m.faults(0).delay_us.store(0, Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let before = reads(0);
+        assert_eq!(fs::read(m.path("f")).unwrap(), data);
+        if reads(0) > before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reads never went back to the first replica"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

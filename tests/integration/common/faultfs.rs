@@ -30,6 +30,8 @@ pub struct Faults {
     pub dead: AtomicBool,
     /// Latency added to every operation, in microseconds.
     pub delay_us: AtomicU64,
+    /// Reads served, to see which replica reads went to.
+    pub reads: AtomicU64,
 }
 
 struct FaultFs {
@@ -460,6 +462,7 @@ impl Filesystem for FaultFs {
         if name.is_some_and(|n| self.faults.eio_reads.lock().unwrap().contains(&n)) {
             return reply.error(Errno::EIO);
         }
+        self.faults.reads.fetch_add(1, Ordering::Relaxed);
         match self.with_file(fh, |f| {
             let mut buf = vec![0; size as usize];
             let mut done = 0;
