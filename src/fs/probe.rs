@@ -45,8 +45,8 @@ pub fn spawn(fs: Arc<MirrorFs>) {
         .name("prober".into())
         .spawn(move || {
             loop {
-                std::thread::sleep(INTERVAL);
                 fs.probe();
+                std::thread::sleep(INTERVAL);
             }
         })
         .expect("spawn the prober thread");

@@ -85,9 +85,30 @@ fn every_replica_failing_alike_is_the_answer_not_a_fault() {
 
 #[test]
 fn a_read_error_fails_over_to_another_replica() {
-    let m = Mirror::setup(3).faulty(0).mount();
+    let m = Mirror::setup(3).faulty(0).faulty(1).faulty(2).mount();
     let data: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
     fs::write(m.path("f"), &data).unwrap();
+    // Replica 0 is the fastest, so reads go to it first (once the background samples
+    // have measured the others' delay).
+    for i in 1..3 {
+        m.faults(i)
+            .delay_us
+            .store(2000, std::sync::atomic::Ordering::Relaxed);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let st = m.status();
+        let latency = |i: usize| {
+            st["daemon"]["replicas"][i]["read_latency_us"]
+                .as_f64()
+                .unwrap()
+        };
+        if (1..3).all(|i| latency(i) > 3.0 * latency(0) + 100.0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{st}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     m.faults(0).eio_reads.lock().unwrap().insert("f".into());
     assert_eq!(fs::read(m.path("f")).unwrap(), data);
     let (state, paths) = replica_state(&m, 0);
