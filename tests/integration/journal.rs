@@ -54,11 +54,11 @@ fn a_restart_repairs_only_what_the_journal_recorded() {
     m.mount();
     m.wait_in_sync();
     m.assert_in_sync();
+    let log = m.log();
     assert!(
-        m.log()
-            .contains("repair brings it the paths the journal recorded"),
-        "{}",
-        m.log()
+        log.contains("repair brings it the paths the journal recorded")
+            && log.contains("repair done"),
+        "{log}"
     );
     // What repair copied: the few changed paths, not the 120 files of a full comparison.
     let files = repair_counter(&m, "files_repaired");

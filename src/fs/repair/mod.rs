@@ -55,6 +55,30 @@ struct Progress {
     last: Option<Instant>,
     /// Per replica: (paths, bytes) pending at the start of the current round.
     pending: Vec<(u64, u64)>,
+    /// When the repair in progress started, and when its progress was last logged.
+    started: Option<Instant>,
+    logged: Option<Instant>,
+}
+
+/// How often the progress of a running repair is logged.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl Progress {
+    fn log(&self) {
+        let left = self.bytes_total.saturating_sub(self.bytes_done);
+        let eta = if self.rate > 0.0 {
+            format!("{:.0}s", left as f64 / self.rate)
+        } else {
+            "unknown".into()
+        };
+        info!(
+            files = format!("{}/{}", self.files_done, self.files_total),
+            bytes = format!("{}/{}", self.bytes_done, self.bytes_total),
+            rate = format!("{:.0} B/s", self.rate),
+            eta,
+            "repair in progress"
+        );
+    }
 }
 
 /// The repair side of a mounted mirror: how to wake the thread, its throttle, its
@@ -137,6 +161,12 @@ impl Repair {
             };
         }
         p.last = Some(now);
+        if p.logged.is_none_or(|t| now.duration_since(t) >= LOG_EVERY) {
+            if p.logged.is_some() {
+                p.log();
+            }
+            p.logged = Some(now);
+        }
         drop(p);
         self.pace(read);
     }
@@ -147,6 +177,8 @@ impl Repair {
             p.files_done = 0;
             p.bytes_done = 0;
             p.last = Some(Instant::now());
+            p.started = Some(Instant::now());
+            p.logged = None;
         }
         p.running = true;
         p.files_total = p.files_done + files;
@@ -167,6 +199,14 @@ impl Repair {
 
     fn end(&self, replicas: usize) {
         let mut p = self.progress.lock().expect("progress lock");
+        if p.running {
+            info!(
+                files = p.files_done,
+                bytes = p.bytes_done,
+                seconds = p.started.map_or(0, |t| t.elapsed().as_secs()),
+                "repair done"
+            );
+        }
         p.running = false;
         p.pending = vec![(0, 0); replicas];
     }
