@@ -518,6 +518,17 @@ impl InodeTable {
         Some(Added::Chunks(a, b))
     }
 
+    /// Whether `replica` is marked for the whole contents of `ino`.
+    pub fn marked_whole(&self, ino: Ino, replica: usize) -> bool {
+        self.nodes.get(&ino).is_some_and(|n| {
+            n.stale_data & (1 << replica) != 0
+                && !n
+                    .partial
+                    .as_ref()
+                    .is_some_and(|p| p.iter().any(|(r, _)| *r == replica))
+        })
+    }
+
     /// The chunks `replica` misses of `ino`: `None` for all of them (or no mark).
     pub fn stale_chunks(&self, ino: Ino, replica: usize) -> Option<Chunks> {
         let node = self.nodes.get(&ino)?;

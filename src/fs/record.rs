@@ -359,6 +359,11 @@ impl MirrorFs {
         let mut table = self.table();
         for (name, kind) in missing {
             let child = table.ensure_child(dir, name, *kind);
+            // A mark already there covers it; marking again would only make a repair of it
+            // under way start over.
+            if table.marked_whole(child, index) {
+                continue;
+            }
             if table.mark_data(child, index)
                 && j.tracked(index)
                 && let Some(path) = path_of(&table, child)

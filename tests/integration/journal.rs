@@ -132,3 +132,18 @@ fn after_the_daemon_is_killed_mid_write_the_replicas_are_compared_and_agree() {
     m.assert_in_sync();
     assert!(m.log().contains("did not end cleanly"), "{}", m.log());
 }
+
+#[test]
+fn a_file_made_while_a_replica_was_out_is_copied_once() {
+    let m = Mirror::setup(2).bind(1).mount();
+    fs::write(m.path("before"), b"in sync").unwrap();
+    m.wait_in_sync();
+    let r1 = m.replicas[1].clone();
+    remount(&r1, "ro");
+    fs::write(m.path("made"), vec![9u8; 8 << 20]).unwrap();
+    remount(&r1, "rw");
+    m.wait_in_sync();
+    m.assert_in_sync();
+    // Repairing the root's listing finds the file missing; its copy is not started over.
+    assert_eq!(repair_counter(&m, "bytes_repaired"), 8 << 20);
+}
