@@ -129,6 +129,12 @@ impl Replica {
         self.dirs.lock().expect("dir cache lock").clear();
     }
 
+    /// Drops every cached directory descriptor: a directory moved on the other replicas
+    /// but not on this one must be found by its path here again, not followed.
+    pub fn forget_all_dirs(&self) {
+        self.dirs.lock().expect("dir cache lock").clear();
+    }
+
     /// The cached `O_PATH` descriptor of directory `ino`, if any.
     pub fn cached_dir(&self, ino: Ino) -> Option<Arc<OwnedFd>> {
         self.dirs.lock().expect("dir cache lock").get(&ino).cloned()

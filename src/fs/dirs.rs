@@ -146,7 +146,7 @@ impl MirrorFs {
         let fanned = fanout::apply(&self.replicas, self.fresh(ino), |r| {
             sys::fsync(self.open_dir_itself(r, ino)?.as_fd(), datasync)
         });
-        self.diverged("fsyncdir", &fanned.diverged, &[Scope::Data(ino)]);
+        self.diverged("fsyncdir", &fanned.diverged, &[Scope::Entries(ino)]);
         fanned.verdict.map(drop)
     }
 }

@@ -27,6 +27,9 @@ use fuser::FileType;
 use crate::fs::chunks::Chunks;
 
 pub type Ino = u64;
+
+/// The most separate chunk ranges a file's mark keeps before it covers the whole file.
+const MAX_RANGES: usize = 4096;
 pub const ROOT: Ino = 1;
 
 /// A name in a directory, shared between the parent's child map and the child's links.
@@ -111,6 +114,14 @@ impl Node {
             || self.open > 0
             || self.child_count() > 0
             || (self.has_links() && self.is_marked())
+    }
+
+    /// Replicas whose data mark is partial.
+    fn partial_set(&self) -> ReplicaSet {
+        self.partial
+            .iter()
+            .flat_map(|p| p.iter())
+            .fold(0, |s, (r, _)| s | (1 << r))
     }
 
     fn partial_mut(&mut self, replica: usize) -> Option<&mut Chunks> {
@@ -296,6 +307,12 @@ impl InodeTable {
     ) -> Ino {
         if let Some(ino) = self.child(parent, name) {
             if self.nodes[&ino].kind == kind {
+                if multi_link
+                    && let Some(other) = self.merge_by_identity(ino, parent, name, kind, keys)
+                {
+                    self.nodes.get_mut(&other).expect("merged into").nlookup += 1;
+                    return other;
+                }
                 if multi_link {
                     self.add_keys(ino, keys);
                 }
@@ -317,6 +334,39 @@ impl InodeTable {
         self.attach(ino, parent, Arc::from(name));
         self.nodes.get_mut(&ino).expect("just attached").nlookup += 1;
         ino
+    }
+
+    /// A node made for a name alone (to carry a repair mark, never seen by the kernel)
+    /// may turn out to be a hard link of a file the table knows by identity: the name
+    /// moves to that file's node, with the marks. Returns that node.
+    fn merge_by_identity(
+        &mut self,
+        named: Ino,
+        parent: Ino,
+        name: &OsStr,
+        kind: FileType,
+        keys: &[BackingKey],
+    ) -> Option<Ino> {
+        let node = &self.nodes[&named];
+        if node.keys.is_some() || node.nlookup > 0 || node.open > 0 {
+            return None;
+        }
+        let other = keys
+            .iter()
+            .find_map(|k| self.by_key.get(k).copied())
+            .filter(|o| *o != named && self.nodes[o].kind == kind)?;
+        let (data, entries) = (node.stale_data, node.stale_entries);
+        self.detach(parent, name);
+        self.collect(named);
+        for r in (0..32).filter(|r| data & (1 << r) != 0) {
+            self.mark_data(other, r);
+        }
+        for r in (0..32).filter(|r| entries & (1 << r) != 0) {
+            self.mark_entries(other, r);
+        }
+        self.add_keys(other, keys);
+        self.attach(other, parent, Arc::from(name));
+        Some(other)
     }
 
     fn add_keys(&mut self, ino: Ino, keys: &[BackingKey]) {
@@ -467,7 +517,14 @@ impl InodeTable {
             let Some(node) = self.nodes.get(&cur) else {
                 return set;
             };
-            set &= !node.stale_data;
+            // A directory above whose attributes alone are out of date does not make what
+            // is below it so.
+            let stale = if cur == ino {
+                node.stale_data
+            } else {
+                node.stale_data & !node.partial_set()
+            };
+            set &= !stale;
             match &node.link {
                 Some(link) if cur != ROOT => cur = link.parent,
                 _ => return set,
@@ -501,7 +558,12 @@ impl InodeTable {
     /// for all of it already.
     pub fn mark_chunks(&mut self, ino: Ino, replica: usize, first: u64, end: u64) -> Option<Added> {
         let node = self.nodes.get_mut(&ino)?;
-        if node.kind != FileType::RegularFile {
+        // Every mark, new or not, tells a repair under way that the node changed again.
+        node.mark_seq = node.mark_seq.wrapping_add(1);
+        let attributes_only = first >= end;
+        let partial_kind = node.kind == FileType::RegularFile
+            || (node.kind == FileType::Directory && attributes_only);
+        if !partial_kind {
             return self.mark(ino, replica, false).then_some(Added::Whole);
         }
         if node.stale_data & (1 << replica) == 0 {
@@ -513,8 +575,16 @@ impl InodeTable {
             self.mark(ino, replica, false);
             return Some(Added::Chunks(first, end.max(first)));
         }
-        let (a, b) = node.partial_mut(replica)?.mark(first, end)?;
-        node.mark_seq = node.mark_seq.wrapping_add(1);
+        if node.kind == FileType::Directory {
+            return None;
+        }
+        let chunks = node.partial_mut(replica)?;
+        let (a, b) = chunks.mark(first, end)?;
+        if chunks.ranges().len() > MAX_RANGES {
+            // Too scattered to keep by range: the whole file.
+            node.drop_partial(replica);
+            return Some(Added::Whole);
+        }
         Some(Added::Chunks(a, b))
     }
 
@@ -629,6 +699,11 @@ impl InodeTable {
                 ino
             }
         }
+    }
+
+    /// Whether `ino` was seen with several hard links (it is indexed by backing identity).
+    pub fn multi_link(&self, ino: Ino) -> bool {
+        self.nodes.get(&ino).is_some_and(|n| n.keys.is_some())
     }
 
     /// The marks on `ino`: (replicas stale for data, replicas stale for entries).
@@ -773,5 +848,61 @@ mod mark_tests {
         t.close(f);
         assert!(!t.contains(f));
         assert!(t.marks().is_empty());
+    }
+
+    #[test]
+    fn a_write_to_chunks_marked_already_still_stops_a_repair_under_way_clearing() {
+        let mut t = InodeTable::new();
+        let f = t.lookup(ROOT, OsStr::new("f"), FileType::RegularFile, &[], false);
+        assert_eq!(t.mark_chunks(f, 1, 5, 6), Some(Added::Chunks(5, 6)));
+        let seq = t.mark_seq(f).unwrap();
+        // A repair copies chunk 5; meanwhile the application writes it again.
+        assert_eq!(t.mark_chunks(f, 1, 5, 6), None);
+        assert!(!t.clear(f, 1, false, seq).0);
+        // Same for a file marked whole.
+        t.mark_data(f, 1);
+        let seq = t.mark_seq(f).unwrap();
+        assert_eq!(t.mark_chunks(f, 1, 0, 1), None);
+        assert!(!t.clear(f, 1, false, seq).0);
+    }
+
+    #[test]
+    fn a_directory_whose_attributes_alone_are_stale_leaves_what_is_below_fresh() {
+        let mut t = InodeTable::new();
+        let d = t.lookup(ROOT, OsStr::new("d"), FileType::Directory, &[], false);
+        let f = t.lookup(d, OsStr::new("f"), FileType::RegularFile, &[], false);
+        assert_eq!(t.mark_chunks(d, 1, 0, 0), Some(Added::Chunks(0, 0)));
+        assert_eq!(t.fresh(d, 0b11), 0b01);
+        assert_eq!(t.fresh(f, 0b11), 0b11);
+        // Marked whole, nothing below it is trusted.
+        t.mark_data(d, 1);
+        assert_eq!(t.fresh(f, 0b11), 0b01);
+    }
+
+    #[test]
+    fn a_file_marked_in_too_many_scattered_ranges_is_marked_whole() {
+        let mut t = InodeTable::new();
+        let f = t.lookup(ROOT, OsStr::new("f"), FileType::RegularFile, &[], false);
+        let mut last = None;
+        for i in 0..=MAX_RANGES as u64 {
+            last = t.mark_chunks(f, 0, i * 2, i * 2 + 1);
+        }
+        assert_eq!(last, Some(Added::Whole));
+        assert!(t.marked_whole(f, 0));
+    }
+
+    #[test]
+    fn a_name_made_for_a_mark_joins_the_file_it_turns_out_to_link() {
+        let mut t = InodeTable::new();
+        let k = (0, 7, 42);
+        let a = t.ensure_child(ROOT, OsStr::new("a"), FileType::RegularFile);
+        t.mark_data(a, 1);
+        let c = t.lookup(ROOT, OsStr::new("c"), FileType::RegularFile, &[k], true);
+        assert_ne!(a, c);
+        let again = t.lookup(ROOT, OsStr::new("a"), FileType::RegularFile, &[k], true);
+        assert_eq!(again, c);
+        assert!(!t.contains(a));
+        assert!(t.marked_whole(c, 1));
+        assert_eq!(t.marked_count(), 1);
     }
 }

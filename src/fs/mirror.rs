@@ -167,12 +167,12 @@ impl MirrorFs {
 
     /// Replicas whose copy of `ino` is current.
     pub(crate) fn fresh(&self, ino: Ino) -> ReplicaSet {
-        self.table().fresh(ino, self.set.active())
+        self.table().fresh(ino, self.set.serving())
     }
 
     /// Replicas whose listing of directory `ino` is current.
     pub(crate) fn fresh_entries(&self, ino: Ino) -> ReplicaSet {
-        self.table().fresh_entries(ino, self.set.active())
+        self.table().fresh_entries(ino, self.set.serving())
     }
 
     /// The replicas of `set` in the order reads try them. First comes the first replica,
@@ -354,7 +354,7 @@ impl MirrorFs {
 
     /// The replicas that take reads and writes, as a set.
     pub(crate) fn active(&self) -> ReplicaSet {
-        self.set.active()
+        self.set.serving()
     }
 
     /// The name is not one the mount may create or address.

@@ -449,6 +449,13 @@ impl MirrorFs {
             &fanned.diverged,
             &scopes,
         );
+        if dir_moves && fanned.verdict.is_ok() {
+            // A cached descriptor follows its directory; where the move did not happen it
+            // would name the directory the table no longer puts at that path.
+            for r in self.members(self.every() & !fanned.succeeded()) {
+                r.forget_all_dirs();
+            }
+        }
         fanned.verdict.map(drop)
     }
 }

@@ -131,7 +131,7 @@ impl MirrorFs {
                 "replica's root directory went away (its filesystem was unmounted or \
                  replaced); it is skipped, and compared in full when it is back"
             );
-            self.fail_replica(r);
+            self.require_full(r);
         }
         if now.is_ok_and(|m| m.is_dir()) && self.due(r) {
             self.reattach(r);

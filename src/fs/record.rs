@@ -209,8 +209,11 @@ impl MirrorFs {
                 ))
             })
             .flatten();
+        let displaced = linked_marks(&table, table.child(new_parent, new_name));
         let gone = table.rename(parent, name, new_parent, new_name, exchange);
+        let lost = lost_marks(&table, displaced);
         drop(table);
+        self.lost_linked(&mut j, lost);
         if let Some((from, to)) = paths {
             let rec = Record::Rename {
                 from: RecPath(from),
@@ -228,7 +231,9 @@ impl MirrorFs {
         let mut j = self.journal();
         let mut table = self.table();
         let victim = table.child(parent, name);
+        let linked = linked_marks(&table, victim);
         let gone = table.unlink(parent, name);
+        let lost = lost_marks(&table, linked);
         let mut records = Vec::new();
         if let Some(ino) = victim
             && j.tracked_set() != 0
@@ -238,7 +243,22 @@ impl MirrorFs {
         }
         drop(table);
         self.append(&mut j, records);
+        self.lost_linked(&mut j, lost);
         gone
+    }
+
+    /// A marked file with other hard links than the table knows lost its last known
+    /// name: its marks would go with it while the other links keep stale contents on the
+    /// replicas marked, so those are compared in full instead.
+    fn lost_linked(&self, j: &mut Journal, lost: ReplicaSet) {
+        for r in self.members(lost) {
+            warn!(
+                replica = %r.path.display(),
+                "an out-of-sync file with other hard links lost its last known name; the \
+                 replica will be compared in full"
+            );
+            self.require_full_locked(j, r.index);
+        }
     }
 
     /// Writes records to every open journal. A replica whose journal fails is failed, and
@@ -316,10 +336,14 @@ impl MirrorFs {
     /// tracking it.
     pub(crate) fn require_full(&self, r: &Replica) {
         let mut j = self.journal();
-        self.set.require_full(r.index);
-        let records = j.untrack(r.index).into_iter().collect();
-        self.append(&mut j, records);
-        self.leave_current(&mut j, 1 << r.index);
+        self.require_full_locked(&mut j, r.index);
+    }
+
+    fn require_full_locked(&self, j: &mut Journal, index: usize) {
+        self.set.require_full(index);
+        let records = j.untrack(index).into_iter().collect();
+        self.append(j, records);
+        self.leave_current(j, 1 << index);
     }
 
     /// A failed replica works again: it takes part where it is current, or, when what it
@@ -401,10 +425,7 @@ impl MirrorFs {
                 "too many paths out of sync to track one by one; the replica will be \
                  compared in full"
             );
-            self.set.require_full(r.index);
-            if let Some(rec) = j.untrack(r.index) {
-                self.append(j, vec![rec]);
-            }
+            self.require_full_locked(j, r.index);
             let gone = self.table().clear_replica(r.index);
             self.dropped(&gone);
         }
@@ -526,7 +547,22 @@ impl MirrorFs {
     ) -> io::Result<()> {
         let mut ino = ROOT;
         let depth = path.iter().count();
-        for (at, name) in path.iter().enumerate() {
+        let mut linked = false;
+        for (at, part) in path.components().enumerate() {
+            let name = match part {
+                std::path::Component::Normal(n)
+                    if crate::names::validate(n).is_ok()
+                        && !crate::names::is_reserved(at == 0, n) =>
+                {
+                    n
+                }
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("the journal names an invalid path {}", path.display()),
+                    ));
+                }
+            };
             let dir = self.dir_fd(source, ino)?;
             let st = match sys::statat(dir.as_fd(), name) {
                 Ok(st) => st,
@@ -542,7 +578,16 @@ impl MirrorFs {
                 self.table().mark_entries(ino, index);
                 return Ok(());
             }
+            linked = kind == FileType::RegularFile && st.st_nlink > 1;
             ino = self.table().ensure_child(ino, name, kind);
+        }
+        if linked && marks.data.is_some() {
+            // Which other names the file has there is not recorded: a file repaired at
+            // this one would lose them as links.
+            return Err(io::Error::other(format!(
+                "{} is out of sync and has several hard links",
+                path.display()
+            )));
         }
         let mut table = self.table();
         match &marks.data {
@@ -563,6 +608,21 @@ impl MirrorFs {
             table.mark_entries(ino, index);
         }
         Ok(())
+    }
+}
+
+/// A multi-link node's data marks, before a change that may take its last known name.
+fn linked_marks(table: &InodeTable, ino: Option<Ino>) -> Option<(Ino, ReplicaSet)> {
+    let ino = ino?;
+    let (data, _) = table.marks_on(ino)?;
+    (table.multi_link(ino) && data != 0).then_some((ino, data))
+}
+
+/// The replicas whose marks on such a node went with its last known name.
+fn lost_marks(table: &InodeTable, before: Option<(Ino, ReplicaSet)>) -> ReplicaSet {
+    match before {
+        Some((ino, data)) if table.location(ino).is_none() => data,
+        _ => 0,
     }
 }
 

@@ -65,6 +65,18 @@ impl MirrorSet {
         self.active.load(Ordering::Acquire)
     }
 
+    /// Replicas that serve reads and writes: the active ones, while one of them holds
+    /// every change. Without such a replica nothing is served (EIO): a change taken by
+    /// replicas that are behind would be recorded nowhere and lost at the next mount.
+    pub fn serving(&self) -> ReplicaSet {
+        let active = self.active();
+        if active & self.current() == 0 {
+            0
+        } else {
+            active
+        }
+    }
+
     /// Replicas that hold every change on record.
     pub fn current(&self) -> ReplicaSet {
         self.current.load(Ordering::Acquire)
@@ -137,7 +149,7 @@ impl MirrorSet {
     /// compared in full.
     pub fn readmit(&self, replica: &Replica, needs_full: bool) {
         let bit = 1 << replica.index;
-        if needs_full {
+        if needs_full || self.needs_full() & bit != 0 {
             self.full.fetch_or(bit, Ordering::AcqRel);
         } else {
             self.active.fetch_or(bit, Ordering::AcqRel);
@@ -217,5 +229,62 @@ impl MirrorSet {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::state::new_id;
+
+    fn assembly(roles: Vec<Role>) -> Assembly {
+        let set = new_id();
+        let ids: Vec<String> = roles.iter().map(|_| new_id()).collect();
+        Assembly {
+            states: ids
+                .iter()
+                .map(|id| ReplicaState::joining(&set, &ids, id.clone()))
+                .collect(),
+            missed: vec![None; roles.len()],
+            roles,
+            head: 0,
+            head_clean: true,
+            notes: Vec::new(),
+        }
+    }
+
+    fn replicas(dir: &tempfile::TempDir, n: usize) -> Vec<Replica> {
+        (0..n)
+            .map(|i| {
+                let root = std::fs::File::open(dir.path()).unwrap();
+                Replica::new(i, dir.path(), root.into())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nothing_is_served_once_no_replica_holding_every_change_takes_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let rs = replicas(&dir, 2);
+        let set = MirrorSet::new(&assembly(vec![Role::InSync, Role::Behind]), true);
+        assert_eq!(set.serving(), 0b11);
+        set.deactivate(0);
+        set.fell_behind(&rs, 0b01);
+        // Replica 1 is active but behind: a change it took would be recorded nowhere.
+        assert_eq!(set.active(), 0b10);
+        assert_eq!(set.serving(), 0);
+    }
+
+    #[test]
+    fn a_replica_due_a_full_comparison_is_not_readmitted_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let rs = replicas(&dir, 2);
+        let set = MirrorSet::new(&assembly(vec![Role::InSync, Role::Full]), true);
+        set.deactivate(1);
+        set.readmit(&rs[1], false);
+        assert_eq!(set.active(), 0b01);
+        set.full_done(1);
+        set.readmit(&rs[1], false);
+        assert_eq!(set.active(), 0b11);
     }
 }

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::common::{Mirror, run};
+use crate::common::{Mirror, renameat2, run};
 
 fn remount(path: &std::path::Path, mode: &str) {
     run(Command::new("mount")
@@ -146,4 +146,69 @@ fn a_file_made_while_a_replica_was_out_is_copied_once() {
     m.assert_in_sync();
     // Repairing the root's listing finds the file missing; its copy is not started over.
     assert_eq!(repair_counter(&m, "bytes_repaired"), 8 << 20);
+}
+
+#[test]
+fn a_missed_exchange_of_two_directories_is_repaired_below_them() {
+    let m = Mirror::setup(2).bind(1).mount();
+    for d in ["d", "e"] {
+        fs::create_dir(m.path(d)).unwrap();
+        fs::write(m.path(&format!("{d}/f")), vec![d.as_bytes()[0]; 3 << 20]).unwrap();
+    }
+    m.wait_in_sync();
+    let r1 = m.replicas[1].clone();
+    remount(&r1, "ro");
+    fs::write(m.path("trigger"), b"fail replica 1").unwrap();
+    assert_eq!(renameat2(&m, "d", "e", libc::RENAME_EXCHANGE), 0);
+    // A chunk written after the exchange: repairing that chunk alone would land in the
+    // wrong file on the replica that missed the exchange.
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("d/f"))
+        .unwrap();
+    f.seek(SeekFrom::Start(1 << 20)).unwrap();
+    f.write_all(b"after the exchange").unwrap();
+    drop(f);
+    remount(&r1, "rw");
+    m.wait_in_sync();
+    m.assert_in_sync();
+}
+
+#[test]
+fn a_marked_file_with_unknown_hard_links_is_repaired_through_all_of_them() {
+    let mut m = Mirror::setup(2).bind(1).mount();
+    fs::write(m.path("a"), b"old contents").unwrap();
+    fs::hard_link(m.path("a"), m.path("b")).unwrap();
+    m.unmount();
+    m.mount();
+    let r1 = m.replicas[1].clone();
+    remount(&r1, "ro");
+    // Only "a" is known to the new session; it is rewritten, then removed.
+    fs::write(m.path("a"), b"new contents").unwrap();
+    fs::remove_file(m.path("a")).unwrap();
+    remount(&r1, "rw");
+    m.wait_in_sync();
+    m.assert_in_sync();
+    assert_eq!(fs::read(m.replica(1, "b")).unwrap(), b"new contents");
+}
+
+#[test]
+fn a_link_missed_before_a_restart_stays_a_link() {
+    let mut m = Mirror::setup(2).bind(1).mount();
+    fs::write(m.path("a"), b"linked").unwrap();
+    m.wait_in_sync();
+    let r1 = m.replicas[1].clone();
+    remount(&r1, "ro");
+    fs::hard_link(m.path("a"), m.path("c")).unwrap();
+    m.unmount();
+    remount(&r1, "rw");
+    m.mount();
+    m.wait_in_sync();
+    m.assert_in_sync();
+    use std::os::unix::fs::MetadataExt;
+    let (a, c) = (
+        fs::metadata(m.replica(1, "a")).unwrap(),
+        fs::metadata(m.replica(1, "c")).unwrap(),
+    );
+    assert_eq!((a.dev(), a.ino()), (c.dev(), c.ino()));
 }

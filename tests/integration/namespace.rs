@@ -5,22 +5,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::{DirEntryExt, FileTypeExt, MetadataExt};
 
-use crate::common::{Mirror, cstr, last_errno};
-
-fn renameat2(m: &Mirror, from: &str, to: &str, flags: u32) -> i32 {
-    let (a, b) = (cstr(&m.path(from)), cstr(&m.path(to)));
-    // SAFETY: valid paths.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            flags,
-        )
-    };
-    if r == 0 { 0 } else { last_errno() }
-}
+use crate::common::{Mirror, cstr, last_errno, renameat2};
 
 #[test]
 fn directories_are_created_and_removed_everywhere() {

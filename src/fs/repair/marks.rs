@@ -50,6 +50,16 @@ impl From<CopyError> for Failed {
 
 type Step<T> = Result<T, Failed>;
 
+/// What a directory needs after its own repair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Done,
+    /// Its listing reconciled.
+    Listing,
+    /// Its listing reconciled and every entry repaired whole.
+    Subtree,
+}
+
 fn src<T>(r: io::Result<T>) -> Step<T> {
     r.map_err(Failed::Source)
 }
@@ -95,15 +105,20 @@ impl MirrorFs {
                     continue;
                 };
                 let done = if entries {
-                    self.repair_entries(ino, s, t).map(|()| false)
+                    self.repair_entries(ino, s, t).map(|()| Next::Done)
                 } else {
                     self.repair_data(ino, s, t)
                 };
                 match done {
-                    Ok(then_listing) => {
+                    Ok(next) => {
                         let cleared = self.clear_mark(ino, index, entries, seq);
-                        if then_listing {
+                        if next != Next::Done {
                             self.diverged("repair", &[(index, 0)], &[Scope::Entries(ino)]);
+                        }
+                        if next == Next::Subtree
+                            && let Err(e) = self.mark_children(ino, s, index)
+                        {
+                            self.repair_failed(s, e, Scope::Data(ino));
                         }
                         if cleared {
                             self.repair.did(0, 0, 1);
@@ -158,9 +173,13 @@ impl MirrorFs {
         }
     }
 
-    /// Brings the contents and attributes of `ino` on `t` in line with `s`. Returns
-    /// whether the listing (of a directory) must be reconciled next.
-    fn repair_data(&self, ino: Ino, s: &Replica, t: &Replica) -> Step<bool> {
+    /// Brings the contents and attributes of `ino` on `t` in line with `s`. Returns what
+    /// a directory needs next.
+    fn repair_data(&self, ino: Ino, s: &Replica, t: &Replica) -> Step<Next> {
+        let (kind, whole) = {
+            let table = self.table();
+            (table.kind(ino), table.marked_whole(ino, t.index))
+        };
         if ino == ROOT {
             let _order = self.order(&[ino]);
             let want = src(Snapshot::of(&Object::Fd(s.root().as_fd())))?;
@@ -169,15 +188,29 @@ impl MirrorFs {
                 libc::O_RDONLY | libc::O_DIRECTORY,
             ))?;
             tgt(want.apply_to(&Object::Fd(root.as_fd())))?;
-            return Ok(true);
+            return Ok(if whole { Next::Listing } else { Next::Done });
         }
-        let kind = self.table().kind(ino);
         match kind {
-            Some(FileType::RegularFile) => self.repair_file(ino, s, t).map(|()| false),
-            Some(FileType::Directory) => self.repair_dir(ino, s, t).map(|()| true),
-            Some(_) => self.repair_leaf(ino, s, t).map(|()| false),
-            None => Ok(false),
+            Some(FileType::RegularFile) => self.repair_file(ino, s, t).map(|()| Next::Done),
+            // A directory marked whole may have been made, moved or swapped there: nothing
+            // below it is trusted. One whose attributes alone changed needs no more.
+            Some(FileType::Directory) => self
+                .repair_dir(ino, s, t)
+                .map(|()| if whole { Next::Subtree } else { Next::Done }),
+            Some(_) => self.repair_leaf(ino, s, t).map(|()| Next::Done),
+            None => Ok(Next::Done),
         }
+    }
+
+    /// Marks every entry of directory `dir` on the source whole for `index`.
+    fn mark_children(&self, dir: Ino, s: &Replica, index: usize) -> io::Result<()> {
+        let on_s = self.open_dir_itself(s, dir)?;
+        let children: Vec<_> = copy::list(&on_s, dir == ROOT)?
+            .into_iter()
+            .map(|(name, kind)| (name, attr::kind(kind)))
+            .collect();
+        self.mark_missing(dir, index, &children);
+        Ok(())
     }
 
     /// What `r` holds at `ino`'s name, if anything.
@@ -258,6 +291,10 @@ impl MirrorFs {
         let _order = self.order(&[ino]);
         self.finish_file(ino, s, &from, &to)?;
         self.install_on(t, ino, &tmp, &name, have.as_ref())?;
+        // Open handles reach the file installed, not the one it replaced.
+        for h in self.files.all().iter().filter(|h| h.ino == ino) {
+            h.drop_fd(t.index);
+        }
         self.relink(ino, t)
     }
 

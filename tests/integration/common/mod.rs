@@ -35,6 +35,22 @@ pub fn run(cmd: &mut Command) {
     );
 }
 
+/// renameat2(2) of two paths through the mount: 0 or the errno.
+pub fn renameat2(m: &Mirror, from: &str, to: &str, flags: u32) -> i32 {
+    let (a, b) = (cstr(&m.path(from)), cstr(&m.path(to)));
+    // SAFETY: valid paths.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    };
+    if r == 0 { 0 } else { last_errno() }
+}
+
 pub fn cstr(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
 }
