@@ -7,7 +7,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::sync::Arc;
 
@@ -20,6 +20,28 @@ use crate::fs::inode::{Ino, ROOT};
 use crate::fs::mirror::{MirrorFs, Scope};
 use crate::names;
 use crate::sys;
+
+/// The entries of a directory open for reading, in the order it gives them: each name with
+/// its file type (from the entry, or a stat where the filesystem does not say), without
+/// the metadata directory at a replica root (`is_root`).
+pub fn read_listing(dir: &OwnedFd, is_root: bool) -> io::Result<Vec<Entry>> {
+    let mut entries = Vec::new();
+    for raw in sys::read_dir(dir)? {
+        let name = OsString::from_vec(raw.name);
+        if names::is_reserved(is_root, &name) {
+            continue;
+        }
+        let kind = match attr::kind_of_dirent(raw.kind) {
+            Some(k) => k,
+            None => match sys::statat(dir.as_fd(), &name) {
+                Ok(st) => attr::kind(st.st_mode),
+                Err(_) => continue,
+            },
+        };
+        entries.push(Entry { name, kind });
+    }
+    Ok(entries)
+}
 
 /// What one readdir position holds: `.`, `..` or a named entry.
 pub enum Slot<'a> {
@@ -67,25 +89,7 @@ impl MirrorFs {
             "readdir",
             self.fresh_entries(ino),
             Scope::Entries(ino),
-            |r| {
-                let fd = self.open_dir_itself(r, ino)?;
-                let mut entries = Vec::new();
-                for raw in sys::read_dir(&fd)? {
-                    let name = OsString::from_vec(raw.name);
-                    if names::is_reserved(ino == ROOT, &name) {
-                        continue;
-                    }
-                    let kind = match attr::kind_of_dirent(raw.kind) {
-                        Some(k) => k,
-                        None => match sys::statat(fd.as_fd(), &name) {
-                            Ok(st) => attr::kind(st.st_mode),
-                            Err(_) => continue,
-                        },
-                    };
-                    entries.push(Entry { name, kind });
-                }
-                Ok(entries)
-            },
+            |r| read_listing(&self.open_dir_itself(r, ino)?, ino == ROOT),
         )
     }
 

@@ -83,8 +83,9 @@ impl MirrorFs {
     /// Opens inode `ino` on replica `r` with backing `flags`, if it is a regular file
     /// there.
     fn open_backing(&self, r: &Replica, ino: Ino, flags: i32) -> io::Result<OwnedFd> {
+        // Only a file with no name left is looked for among the open handles.
         let unlinked = self.table().location(ino).is_none();
-        match self.any_handle(r, ino).filter(|_| unlinked) {
+        match unlinked.then(|| self.any_handle(r, ino)).flatten() {
             // Unlinked but open: reopen another handle's descriptor.
             Some(h) => sys::reopen(h.fd(r.index).expect("any_handle has one").as_fd(), flags),
             None => self.with_name(r, ino, |dir, name| sys::open_regular(dir, name, flags)),

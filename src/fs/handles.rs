@@ -115,7 +115,8 @@ impl OpenFile {
             .clone()
     }
 
-    /// Forgets the descriptor on `replica` (its filesystem was replaced).
+    /// Forgets the descriptor on `replica` (its filesystem or the file there was
+    /// replaced); the next use opens it again.
     pub fn drop_fd(&self, replica: usize) {
         *self.fds[replica].lock().expect("fd lock") = None;
     }

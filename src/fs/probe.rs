@@ -21,7 +21,6 @@ use tracing::{info, warn};
 
 use crate::fs::mirror::MirrorFs;
 use crate::membership::state::{self, ReplicaState};
-use crate::names::META_DIR;
 use crate::replica::Replica;
 use crate::sys;
 
@@ -60,12 +59,7 @@ fn identity(fd: &OwnedFd) -> io::Result<(u64, u64)> {
 
 /// A small write, sync and removal in the metadata directory.
 fn probe_io(root: &OwnedFd) -> io::Result<()> {
-    let meta = sys::openat(
-        root.as_fd(),
-        OsStr::new(META_DIR),
-        libc::O_PATH | libc::O_DIRECTORY,
-        0,
-    )?;
+    let meta = state::open_meta(root.as_fd())?;
     let name = OsStr::new(PROBE_FILE);
     let fd = sys::openat(
         meta.as_fd(),

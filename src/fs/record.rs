@@ -16,6 +16,7 @@ use fuser::FileType;
 use tracing::{error, info, warn};
 
 use crate::fs::chunks::chunks_of;
+use crate::fs::handles::Entry;
 use crate::fs::inode::{Added, Ino, InodeTable, ROOT, ReplicaSet};
 use crate::fs::mirror::{MirrorFs, Scope, divergence_reason};
 use crate::membership::journal::{self, PathMarks, RecPath, Record, Tracked, What};
@@ -65,12 +66,6 @@ impl Journal {
         (0..self.since.len())
             .filter(|&i| self.tracked(i))
             .fold(0, |s, i| s | (1 << i))
-    }
-
-    fn untrack(&mut self, index: usize) -> Option<Record> {
-        self.since[index].take().map(|_| Record::Untrack {
-            replica: self.ids[index].clone(),
-        })
     }
 }
 
@@ -341,9 +336,18 @@ impl MirrorFs {
 
     fn require_full_locked(&self, j: &mut Journal, index: usize) {
         self.set.require_full(index);
-        let records = j.untrack(index).into_iter().collect();
-        self.append(j, records);
+        self.untrack(j, index);
         self.leave_current(j, 1 << index);
+    }
+
+    /// The journal stops tracking replica `index`, if it did.
+    fn untrack(&self, j: &mut Journal, index: usize) {
+        if j.since[index].take().is_some() {
+            let rec = Record::Untrack {
+                replica: j.ids[index].clone(),
+            };
+            self.append(j, vec![rec]);
+        }
     }
 
     /// A failed replica works again: it takes part where it is current, or, when what it
@@ -351,8 +355,7 @@ impl MirrorFs {
     pub(crate) fn readmit(&self, r: &Replica, needs_full: bool) {
         let mut j = self.journal();
         if needs_full {
-            let records = j.untrack(r.index).into_iter().collect();
-            self.append(&mut j, records);
+            self.untrack(&mut j, r.index);
         }
         self.set.readmit(r, needs_full);
     }
@@ -372,16 +375,11 @@ impl MirrorFs {
 
     /// Marks the contents of names a replica's listing of `dir` lacks (or holds as
     /// another kind), making table nodes for them; repair then makes them there.
-    pub(crate) fn mark_missing(
-        &self,
-        dir: Ino,
-        index: usize,
-        missing: &[(std::ffi::OsString, FileType)],
-    ) {
+    pub(crate) fn mark_missing(&self, dir: Ino, index: usize, missing: &[Entry]) {
         let mut j = self.journal();
         let mut records = Vec::new();
         let mut table = self.table();
-        for (name, kind) in missing {
+        for Entry { name, kind } in missing {
             let child = table.ensure_child(dir, name, *kind);
             // A mark already there covers it; marking again would only make a repair of it
             // under way start over.
@@ -474,10 +472,7 @@ impl MirrorFs {
         }
         j.appended = 0;
         j.snapshot = size;
-        if broken != 0 {
-            let records = self.stop_current(j, broken);
-            self.append(j, records);
-        }
+        self.leave_current(j, broken);
     }
 
     /// Flushes every open journal to disk (at a clean unmount). Returns the tracked
@@ -491,11 +486,7 @@ impl MirrorFs {
                 self.journal_failed(r, &e);
             }
         }
-        j.writers &= !broken;
-        if broken != 0 {
-            let records = self.stop_current(&mut j, broken);
-            self.append(&mut j, records);
-        }
+        self.leave_current(&mut j, broken);
         j.tracked_set()
     }
 
@@ -517,8 +508,7 @@ impl MirrorFs {
                         error = %sys::describe(&e),
                         "cannot take up the journal; the replica will be compared in full"
                     );
-                    self.set.require_full(index);
-                    j.since[index] = None;
+                    self.require_full_locked(&mut j, index);
                     let gone = self.table().clear_replica(index);
                     self.dropped(&gone);
                     break;

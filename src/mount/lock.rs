@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use crate::cli_error;
 use crate::error::CliError;
-use crate::membership::state::STATE_FILE;
+use crate::membership::journal::JOURNAL_FILE;
+use crate::membership::state::{STATE_FILE, open_meta};
 use crate::names::META_DIR;
 use crate::sys;
 
@@ -38,13 +39,8 @@ impl ReplicaLocks {
     /// Removes the metadata this mount created, for a mount that did not come up.
     pub fn undo_creation(&mut self) {
         for root in self.created.drain(..) {
-            if let Ok(meta) = sys::openat(
-                root.as_fd(),
-                OsStr::new(META_DIR),
-                libc::O_PATH | libc::O_DIRECTORY,
-                0,
-            ) {
-                for file in [LOCK_FILE, STATE_FILE] {
+            if let Ok(meta) = open_meta(root.as_fd()) {
+                for file in [LOCK_FILE, STATE_FILE, JOURNAL_FILE] {
                     let _ = sys::unlinkat(meta.as_fd(), OsStr::new(file), false);
                 }
             }
@@ -53,18 +49,9 @@ impl ReplicaLocks {
     }
 }
 
-fn open_meta(root: &OwnedFd) -> io::Result<OwnedFd> {
-    sys::openat(
-        root.as_fd(),
-        OsStr::new(META_DIR),
-        libc::O_PATH | libc::O_DIRECTORY,
-        0,
-    )
-}
-
 /// Opens `.mirrorfs/lock` if it exists (read-only is enough to hold an `flock`).
 fn existing_lock(root: &OwnedFd) -> io::Result<Option<OwnedFd>> {
-    let meta = match open_meta(root) {
+    let meta = match open_meta(root.as_fd()) {
         Ok(fd) => fd,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
         Err(e) => return Err(e),
@@ -83,7 +70,7 @@ fn create_lock(root: &OwnedFd) -> io::Result<(OwnedFd, bool)> {
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false,
         Err(e) => return Err(e),
     };
-    let meta = open_meta(root)?;
+    let meta = open_meta(root.as_fd())?;
     let lock = sys::openat(
         meta.as_fd(),
         OsStr::new(LOCK_FILE),

@@ -10,9 +10,10 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use crate::fs::attr;
+use crate::fs::dirs::read_listing;
+use crate::fs::handles::Entry;
 use crate::fs::object::Object;
-use crate::membership::state::new_id;
-use crate::names::META_DIR;
+use crate::membership::state::{new_id, open_meta};
 use crate::sys::{self, Stat};
 
 const TMP_DIR: &str = "tmp";
@@ -76,12 +77,7 @@ impl Snapshot {
 }
 
 fn meta_subdir(root: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
-    let meta = sys::openat(
-        root,
-        OsStr::new(META_DIR),
-        libc::O_PATH | libc::O_DIRECTORY,
-        0,
-    )?;
+    let meta = open_meta(root)?;
     match sys::mkdirat(meta.as_fd(), OsStr::new(name), 0o700) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
@@ -195,36 +191,16 @@ pub fn sync_bytes(
     Ok((n as u64, n as u64))
 }
 
-/// Lists a directory (open for reading) as (name, file type bits), without `.mirrorfs`
-/// when `is_root`.
-pub fn list(dir: &OwnedFd, is_root: bool) -> io::Result<Vec<(OsString, u32)>> {
-    let mut out = Vec::new();
-    for e in sys::read_dir(dir)? {
-        let name = OsString::from_vec(e.name);
-        if is_root && name == META_DIR {
-            continue;
-        }
-        let kind = match attr::kind_of_dirent(e.kind) {
-            Some(_) => dirent_mode(e.kind),
-            None => match sys::statat(dir.as_fd(), &name) {
-                Ok(st) => st.st_mode & libc::S_IFMT,
-                Err(_) => continue,
-            },
-        };
-        out.push((name, kind));
-    }
-    out.sort();
-    Ok(out)
+/// Lists a directory (open for reading) sorted by name, without `.mirrorfs` when
+/// `is_root`.
+pub fn list(dir: &OwnedFd, is_root: bool) -> io::Result<Vec<Entry>> {
+    let mut entries = read_listing(dir, is_root)?;
+    entries.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    Ok(entries)
 }
 
-fn dirent_mode(d_type: u8) -> u32 {
-    match d_type {
-        libc::DT_DIR => libc::S_IFDIR,
-        libc::DT_LNK => libc::S_IFLNK,
-        libc::DT_FIFO => libc::S_IFIFO,
-        libc::DT_SOCK => libc::S_IFSOCK,
-        libc::DT_CHR => libc::S_IFCHR,
-        libc::DT_BLK => libc::S_IFBLK,
-        _ => libc::S_IFREG,
-    }
+/// Whether a sorted listing holds `entry`'s name as the same kind of object.
+pub fn holds(list: &[Entry], entry: &Entry) -> bool {
+    list.binary_search_by(|e| e.name.as_os_str().cmp(&entry.name))
+        .is_ok_and(|at| list[at].kind == entry.kind)
 }

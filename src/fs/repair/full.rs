@@ -14,6 +14,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use fuser::FileType;
 use tracing::{info, warn};
 
 use super::copy::{self, Snapshot};
@@ -151,12 +152,12 @@ fn tree_size(root: &OwnedFd) -> (u64, u64) {
         let Ok(dir) = open_dir(root, &rel) else {
             continue;
         };
-        for (name, kind) in copy::list(&dir, rel.as_os_str().is_empty()).unwrap_or_default() {
-            match kind {
-                libc::S_IFDIR => stack.push(rel.join(&name)),
-                libc::S_IFREG => {
+        for e in copy::list(&dir, rel.as_os_str().is_empty()).unwrap_or_default() {
+            match e.kind {
+                FileType::Directory => stack.push(rel.join(&e.name)),
+                FileType::RegularFile => {
                     files += 1;
-                    bytes += sys::statat(dir.as_fd(), &name).map_or(0, |st| st.st_size as u64)
+                    bytes += sys::statat(dir.as_fd(), &e.name).map_or(0, |st| st.st_size as u64)
                 }
                 _ => files += 1,
             }
@@ -184,22 +185,22 @@ impl Walk<'_> {
             let is_root = rel.as_os_str().is_empty();
             let want = src(copy::list(&sd, is_root))?;
             let have = tgt(copy::list(&td, is_root))?;
-            for (name, kind) in &have {
-                if !want.iter().any(|(n, k)| n == name && k == kind) {
-                    tgt(copy::discard(self.t_root.as_fd(), td.as_fd(), name))?;
+            for e in &have {
+                if !copy::holds(&want, e) {
+                    tgt(copy::discard(self.t_root.as_fd(), td.as_fd(), &e.name))?;
                 }
             }
-            for (name, kind) in &want {
-                let present = have.iter().any(|(n, k)| n == name && k == kind);
-                let step = match *kind {
-                    libc::S_IFDIR => {
+            for e in &want {
+                let (name, present) = (&e.name, copy::holds(&have, e));
+                let step = match e.kind {
+                    FileType::Directory => {
                         if !present {
                             tgt(sys::mkdirat(td.as_fd(), name, 0o700))?;
                         }
                         stack.push(rel.join(name));
                         Ok(())
                     }
-                    libc::S_IFREG => self.file(&sd, &td, name, &rel.join(name), present),
+                    FileType::RegularFile => self.file(&sd, &td, name, &rel.join(name), present),
                     _ => self.leaf(&sd, &td, name, present),
                 };
                 match step {

@@ -20,7 +20,6 @@ use fuser::FileType;
 use tracing::debug;
 
 use super::copy::{self, CopyError, Snapshot};
-use crate::fs::attr;
 use crate::fs::chunks::{CHUNK, Chunks};
 use crate::fs::inode::{Ino, ROOT, ReplicaSet};
 use crate::fs::mirror::{MirrorFs, Scope};
@@ -205,11 +204,7 @@ impl MirrorFs {
     /// Marks every entry of directory `dir` on the source whole for `index`.
     fn mark_children(&self, dir: Ino, s: &Replica, index: usize) -> io::Result<()> {
         let on_s = self.open_dir_itself(s, dir)?;
-        let children: Vec<_> = copy::list(&on_s, dir == ROOT)?
-            .into_iter()
-            .map(|(name, kind)| (name, attr::kind(kind)))
-            .collect();
-        self.mark_missing(dir, index, &children);
+        self.mark_missing(dir, index, &copy::list(&on_s, dir == ROOT)?);
         Ok(())
     }
 
@@ -385,15 +380,14 @@ impl MirrorFs {
         };
         let want = src(copy::list(&on_s, dir == ROOT))?;
         let have = tgt(copy::list(&on_t, dir == ROOT))?;
-        for (name, kind) in &have {
-            if !want.iter().any(|(n, k)| n == name && k == kind) {
-                tgt(copy::discard(t.root().as_fd(), on_t.as_fd(), name))?;
+        for e in &have {
+            if !copy::holds(&want, e) {
+                tgt(copy::discard(t.root().as_fd(), on_t.as_fd(), &e.name))?;
             }
         }
         let missing: Vec<_> = want
-            .iter()
-            .filter(|(name, kind)| !have.iter().any(|(n, k)| n == name && k == kind))
-            .map(|(name, kind)| (name.clone(), attr::kind(*kind)))
+            .into_iter()
+            .filter(|e| !copy::holds(&have, e))
             .collect();
         self.mark_missing(dir, t.index, &missing);
         Ok(())
