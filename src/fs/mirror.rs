@@ -311,10 +311,34 @@ impl MirrorFs {
                     self.diverged(op, &[(r.index, sys::errno(&e))], &[scope]);
                     last = Some(e);
                 }
+                Err(e) if sys::errno(&e) == libc::ENOENT && self.removed_behind(r, scope) => {
+                    self.diverged(op, &[(r.index, libc::ENOENT)], &[scope]);
+                    last = Some(e);
+                }
                 Err(e) => return Err(e),
             }
         }
         Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EIO)))
+    }
+
+    /// The directory that holds `scope` on `r` was removed there by something other than
+    /// the mount, so an ENOENT found through its cached descriptor says nothing about the
+    /// mirror. The stale descriptor is dropped.
+    fn removed_behind(&self, r: &Replica, scope: Scope) -> bool {
+        let dir = match scope {
+            Scope::Entries(dir) => Some(dir),
+            s => self.table().location(s.ino()).map(|(parent, _)| parent),
+        };
+        let Some(dir) = dir.filter(|d| *d != ROOT) else {
+            return false;
+        };
+        let removed = r
+            .cached_dir(dir)
+            .is_some_and(|fd| sys::fstat(fd.as_fd()).is_ok_and(|st| st.st_nlink == 0));
+        if removed {
+            r.forget_dirs(&[dir]);
+        }
+        removed
     }
 
     /// Records the outcome of a change tried on `attempted`: replicas that answered
