@@ -110,6 +110,9 @@ pub struct MirrorStatus {
     pub repair: RepairStatus,
     /// Paths whose contents no replica holds current (at most [`OUT_OF_SYNC_LISTED`]).
     pub unavailable: Vec<String>,
+    /// Paths changed in the last few seconds whose changes are not yet settled on every
+    /// replica's disk: what repair would look at after a crash now.
+    pub unsettled_paths: usize,
 }
 
 impl MirrorStatus {

@@ -87,6 +87,12 @@ impl MirrorFs {
         let (atime, mtime) = (time(changes.atime), time(changes.mtime));
         let targets = self.fresh(ino);
         let _order = self.order(&[ino]);
+        // A size change changes the contents from the new size on.
+        let scope = match changes.size {
+            Some(size) => Scope::Range(ino, size, u64::MAX),
+            None => Scope::Meta(ino),
+        };
+        let _flight = self.intend(&[scope]);
         if let (Some(h), Some(_), None) = (&handle, changes.size, changes.mtime) {
             // ftruncate: each replica stamps its own mtime; closing the handle makes them one.
             h.wrote.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -101,11 +107,7 @@ impl MirrorFs {
             fanned.verdict.is_ok(),
             fanned.attempted(),
             &fanned.diverged,
-            // A size change changes the contents from the new size on.
-            &[match changes.size {
-                Some(size) => Scope::Range(ino, size, u64::MAX),
-                None => Scope::Meta(ino),
-            }],
+            &[scope],
         );
         let winner = fanned.verdict?;
         let r = &self.replicas[winner];

@@ -112,6 +112,7 @@ impl MirrorFs {
         let handle = OpenFile::new(ino, writable, bflags, self.replicas.len());
         if writable || truncate {
             let _order = truncate.then(|| self.order(&[ino]));
+            let _flight = truncate.then(|| self.intend(&[Scope::Meta(ino)]));
             let oflags = bflags | if truncate { libc::O_TRUNC } else { 0 };
             let fanned = fanout::apply(&self.replicas, self.fresh(ino), |r| {
                 self.open_backing(r, ino, oflags)
@@ -225,6 +226,7 @@ impl MirrorFs {
             return Err(ebadf());
         }
         let _order = self.order(&[h.ino]);
+        let _flight = self.intend(&[Scope::Range(h.ino, offset, data.len() as u64)]);
         let results: Vec<(usize, sys::WriteOutcome)> = self
             .members(self.fresh(h.ino))
             .map(|r| {
@@ -288,6 +290,7 @@ impl MirrorFs {
         }
         let _order = self.order(&[h.ino]);
         let set = self.fresh(h.ino);
+        let _flight = self.intend(&[Scope::Meta(h.ino)]);
         let Some(source) = self.members(set).next() else {
             return;
         };
@@ -330,6 +333,7 @@ impl MirrorFs {
         // Collapsing or inserting a range moves everything after it.
         let shifts = mode & (libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE) != 0;
         let scope = Scope::Range(h.ino, offset, if shifts { u64::MAX } else { len });
+        let _flight = self.intend(&[scope]);
         let fanned = fanout::apply(&self.replicas, self.fresh(h.ino), |r| {
             sys::fallocate(self.handle_fd(&h, r)?.as_fd(), mode, offset, len)
         });
@@ -383,6 +387,7 @@ impl MirrorFs {
         // The source is locked too, so that no write to it lands between two replicas'
         // copies.
         let _order = self.order(&[src.ino, dst.ino]);
+        let _flight = self.intend(&[Scope::Range(dst.ino, offset_out, len)]);
         let src_fresh = self.fresh(src.ino);
         let source = self.members(src_fresh).next();
         let fanned = fanout::apply(&self.replicas, self.fresh(dst.ino), |r| {

@@ -118,6 +118,8 @@ pub struct MirrorFs {
     pub(crate) repair: crate::fs::repair::Repair,
     /// What replicas that fell behind missed, as recorded on the current ones.
     pub(crate) journal: Mutex<crate::fs::record::Journal>,
+    /// Changes under way, by the epoch of their intents.
+    pub(crate) flights: Arc<crate::fs::intent::Flights>,
 }
 
 impl MirrorFs {
@@ -136,6 +138,7 @@ impl MirrorFs {
             options,
             backoff: Default::default(),
             repair,
+            flights: Default::default(),
         }
     }
 

@@ -9,6 +9,7 @@ pub mod files;
 pub mod fuse_adapter;
 pub mod handles;
 pub mod inode;
+pub mod intent;
 pub mod mirror;
 pub mod namespace;
 pub mod object;

@@ -223,6 +223,7 @@ impl MirrorFs {
         self.check_name(parent, name)?;
         let targets = self.fresh(parent);
         let _order = self.order(&[parent]);
+        let _flight = self.intend(&[Scope::Entries(parent)]);
         let fanned = fanout::apply(&self.replicas, targets, |r| {
             let dir = self.dir_fd(r, parent)?;
             make(r, dir.as_fd())
@@ -311,6 +312,7 @@ impl MirrorFs {
             t.fresh(ino, all) & t.fresh(new_parent, all)
         };
         let _order = self.order(&[new_parent]);
+        let _flight = self.intend(&[Scope::Entries(new_parent), Scope::Meta(ino)]);
         let fanned = fanout::apply(&self.replicas, targets, |r| {
             let dst_dir = self.dir_fd(r, new_parent)?;
             self.with_name(r, ino, |src_dir, src_name| {
@@ -358,6 +360,7 @@ impl MirrorFs {
         let _order = self.order(&[parent]);
         let _names = self.rename_guard(victim.as_slice());
         let _moving = dir_entry.then(|| self.namespace_change());
+        let _flight = self.intend(&[Scope::Entries(parent)]);
         let fanned: Fanned<()> = fanout::combine(
             dirs.into_iter()
                 .map(|(i, dir)| {
@@ -423,6 +426,7 @@ impl MirrorFs {
         let moved: Vec<Ino> = moving.into_iter().chain(displaced).collect();
         let _names = self.rename_guard(&moved);
         let _moving = dir_moves.then(|| self.namespace_change());
+        let _flight = self.intend(&[Scope::Entries(parent), Scope::Entries(new_parent)]);
         let fanned: Fanned<()> = fanout::combine(
             dirs.into_iter()
                 .map(|(i, fds)| {

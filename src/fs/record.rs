@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 use crate::fs::chunks::chunks_of;
 use crate::fs::handles::Entry;
 use crate::fs::inode::{Added, Ino, InodeTable, ROOT, ReplicaSet};
+use crate::fs::intent::Intents;
 use crate::fs::mirror::{MirrorFs, Scope, divergence_reason};
 use crate::membership::journal::{self, PathMarks, RecPath, Record, Tracked, What};
 use crate::replica::Replica;
@@ -43,6 +44,8 @@ pub struct Journal {
     /// Bytes appended since the last snapshot, and that snapshot's size.
     appended: u64,
     snapshot: u64,
+    /// What changes in flight may leave different.
+    pub(crate) intents: Intents,
 }
 
 impl Journal {
@@ -54,6 +57,7 @@ impl Journal {
             since: vec![None; n],
             appended: 0,
             snapshot: 0,
+            intents: Intents::default(),
         }
     }
 
@@ -184,8 +188,8 @@ impl MirrorFs {
         cleared
     }
 
-    /// Applies a rename to the table, journaling it when a replica is tracked (marks move
-    /// with the names). Returns the inodes that left the table.
+    /// Applies a rename to the table, journaling it when a replica is tracked or intents
+    /// are open (marks and intents move with the names). Returns the inodes that left the table.
     pub(crate) fn record_rename(
         &self,
         parent: Ino,
@@ -196,7 +200,8 @@ impl MirrorFs {
     ) -> Vec<Ino> {
         let mut j = self.journal();
         let mut table = self.table();
-        let paths = (j.tracked_set() != 0)
+        // Marks and intents move with the names.
+        let paths = (j.tracked_set() != 0 || j.intents.open())
             .then(|| {
                 Some((
                     table.relative_path(parent)?.join(name),
@@ -259,12 +264,23 @@ impl MirrorFs {
     /// Writes records to every open journal. A replica whose journal fails is failed, and
     /// the others track it from then on.
     fn append(&self, j: &mut Journal, records: Vec<Record>) {
+        self.append_records(j, records, false);
+    }
+
+    /// Writes records to every open journal, and with `durably` flushes them to disk
+    /// before returning.
+    pub(crate) fn append_records(&self, j: &mut Journal, records: Vec<Record>, durably: bool) {
         let mut pending = records;
         while !pending.is_empty() {
             let bytes = journal::encode(&pending);
             let mut broken = 0;
             for r in self.members(j.writers) {
-                if let Err(e) = journal::append(r.root().as_fd(), &bytes) {
+                let written = if durably {
+                    journal::append_durably(r.root().as_fd(), &bytes)
+                } else {
+                    journal::append(r.root().as_fd(), &bytes)
+                };
+                if let Err(e) = written {
                     broken |= 1 << r.index;
                     self.journal_failed(r, &e);
                 }
@@ -439,10 +455,11 @@ impl MirrorFs {
                 })
             })
             .collect();
+        let table = self.table();
+        records.extend(j.intents.snapshot(&table));
         if j.tracked_set() == 0 {
             return records;
         }
-        let table = self.table();
         for (ino, _, _) in table.marks() {
             if let Some(path) = path_of(&table, ino) {
                 records.extend(marks_of(j, &table, ino, &path));

@@ -104,6 +104,7 @@ impl MirrorFs {
             replicas,
             repair: self.repair.status(),
             unavailable,
+            unsettled_paths: self.journal().intents.count(),
         }
     }
 }

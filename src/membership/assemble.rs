@@ -60,38 +60,51 @@ pub struct Assembly {
 
 /// Decides, from the head's journal, how replicas not in sync are brought up to date.
 ///
-/// After a session that did not end cleanly, every replica but the head is compared
-/// against it in full: a change in flight may have reached some replicas and not others.
-/// Otherwise a replica behind the head is brought up to date from the journal when the
-/// journal tracks it from the generation it holds; without that record (no journal, or it
-/// stopped tracking the replica) it is compared in full.
+/// A replica behind the head is brought up to date from the journal when the journal
+/// tracks it from the generation it holds; without that record (no journal, or it stopped
+/// tracking the replica) it is compared in full. After a session that did not end cleanly,
+/// a change in flight may have reached some replicas and not others: every replica but
+/// the head also takes what the journal's unsettled intents name (the head's copy wins
+/// there), and the head moves to a new generation so that those replicas stay behind it
+/// until they are repaired. Without a journal, they are compared in full.
 pub fn resume(assembly: &mut Assembly, journal: Option<&Pending>) {
     let head = assembly.head;
-    if !assembly.head_clean {
-        let others = (0..assembly.roles.len()).filter(|&i| i != head).count();
-        if others > 0 {
-            assembly.notes.push(
-                "the last session did not end cleanly; the other replicas are compared \
-                 against the head in full"
-                    .into(),
-            );
-        }
-        for (i, role) in assembly.roles.iter_mut().enumerate() {
-            if i != head {
-                *role = Role::Full;
-            }
-        }
-        return;
-    }
+    let unclean = !assembly.head_clean;
+    let mut behind = false;
     for i in 0..assembly.roles.len() {
-        if assembly.roles[i] != Role::Behind {
+        let role = assembly.roles[i];
+        if i == head || role == Role::Full || (role == Role::InSync && !unclean) {
             continue;
         }
         let st = &assembly.states[i];
-        match journal.and_then(|j| j.tracked.get(&st.replica)) {
-            Some(t) if t.since == st.generation => assembly.missed[i] = Some(t.clone()),
-            _ => assembly.roles[i] = Role::Full,
+        let tracked = journal.and_then(|j| j.tracked.get(&st.replica));
+        let mut missed = match (role, tracked) {
+            (_, Some(t)) if t.since == st.generation => t.clone(),
+            (Role::InSync, None) if journal.is_some() => Tracked {
+                since: st.generation.clone(),
+                marks: Default::default(),
+            },
+            _ => {
+                assembly.roles[i] = Role::Full;
+                continue;
+            }
+        };
+        if unclean && let Some(j) = journal {
+            for (path, marks) in j.in_flight() {
+                missed.marks.entry(path).or_default().merge(marks);
+            }
         }
+        assembly.roles[i] = Role::Behind;
+        assembly.missed[i] = Some(missed);
+        behind = true;
+    }
+    if unclean && behind {
+        assembly.states[head].advance();
+        let others = (0..assembly.roles.len()).filter(|&i| i != head).count();
+        assembly.notes.push(format!(
+            "the last session did not end cleanly; {others} replica(s) take the paths its \
+             journal names as possibly in flight from the head"
+        ));
     }
 }
 
@@ -482,12 +495,59 @@ mod tests {
         let mut m = both();
         resume(&mut m, Some(&j));
         assert_eq!(m.roles[1], Role::Full);
-        // After an unclean end, everything but the head is compared in full.
+        // After an unclean end, a replica not tracked since its generation is compared
+        // in full; without a journal, so is everything but the head.
         let mut unclean = a_now.clone();
         unclean.clean = false;
         let mut m = both_with(&unclean);
         resume(&mut m, Some(&j));
         assert_eq!(m.roles, vec![Role::InSync, Role::Full]);
+        let mut m = both_with(&unclean);
+        resume(&mut m, None);
+        assert_eq!(m.roles, vec![Role::InSync, Role::Full]);
+    }
+
+    #[test]
+    fn after_an_unclean_end_replicas_take_the_intents_from_the_head() {
+        let s = set(2);
+        let mut a = s[0].clone();
+        a.clean = false;
+        let mut b = s[0].clone();
+        b.replica = s[1].replica.clone();
+        b.clean = false;
+        let m = |a: &ReplicaState| {
+            assemble(
+                &[
+                    given("a", Some(a.clone()), false),
+                    given("b", Some(b.clone()), false),
+                ],
+                false,
+                None,
+            )
+            .unwrap()
+        };
+        let mut j = Pending::default();
+        j.apply(crate::membership::journal::Record::Intent {
+            epoch: 4,
+            path: crate::membership::journal::RecPath("d/f".into()),
+            what: crate::membership::journal::What::Chunks(vec![(2, 3)]),
+        });
+        let mut got = m(&a);
+        assert_eq!(got.roles, vec![Role::InSync, Role::InSync]);
+        let head_generation = got.states[0].generation.clone();
+        resume(&mut got, Some(&j));
+        assert_eq!(got.roles, vec![Role::InSync, Role::Behind]);
+        let missed = got.missed[1].clone().unwrap();
+        assert_eq!(missed.since, b.generation);
+        assert!(missed.marks.contains_key(std::path::Path::new("d/f")));
+        // The head moved on, so b stays behind it until it is repaired.
+        assert_ne!(got.states[0].generation, head_generation);
+        assert!(got.states[1].is_behind(&got.states[0]));
+        // The same after a clean end: nothing to take, in sync.
+        a.clean = true;
+        let mut clean = m(&a);
+        resume(&mut clean, Some(&j));
+        assert_eq!(clean.roles, vec![Role::InSync, Role::InSync]);
     }
 
     #[test]

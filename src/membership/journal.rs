@@ -99,6 +99,17 @@ pub enum Record {
         to: RecPath,
         exchange: bool,
     },
+    /// A change to `what` of `path`, begun in `epoch`, may be in flight: until that epoch
+    /// is settled, any replica may differ from the others there. Written (and flushed to
+    /// disk) before the change reaches any replica.
+    Intent {
+        epoch: u64,
+        path: RecPath,
+        what: What,
+    },
+    /// Every change begun in `epoch` or earlier reached every replica it was meant for and
+    /// is on disk there: those intents are void.
+    Settled { epoch: u64 },
 }
 
 /// What a replica misses of one path.
@@ -115,7 +126,7 @@ impl PathMarks {
         self.data.is_none() && !self.entries
     }
 
-    fn merge(&mut self, other: PathMarks) {
+    pub fn merge(&mut self, other: PathMarks) {
         self.entries |= other.entries;
         self.data = match (self.data.take(), other.data) {
             (None, d) | (d, None) => d,
@@ -137,10 +148,47 @@ pub struct Tracked {
     pub marks: BTreeMap<PathBuf, PathMarks>,
 }
 
-/// The journal folded: per tracked replica id, what it misses.
+/// The journal folded: per tracked replica id, what it misses; and the changes that may
+/// have been in flight when it ends (after a crash, every replica may differ there).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Pending {
     pub tracked: HashMap<String, Tracked>,
+    /// Per path: the latest epoch an unsettled intent for it was made in, and what it
+    /// covers.
+    pub intents: BTreeMap<PathBuf, (u64, PathMarks)>,
+}
+
+impl Pending {
+    /// What the unsettled intents cover, by path.
+    pub fn in_flight(&self) -> BTreeMap<PathBuf, PathMarks> {
+        self.intents
+            .iter()
+            .map(|(p, (_, m))| (p.clone(), m.clone()))
+            .collect()
+    }
+}
+
+fn path_marks(what: What) -> PathMarks {
+    match what {
+        What::Data => PathMarks {
+            data: Some(None),
+            entries: false,
+        },
+        What::Chunks(ranges) => {
+            let mut c = Chunks::default();
+            for (a, b) in ranges {
+                c.add(a, b);
+            }
+            PathMarks {
+                data: Some(Some(c)),
+                entries: false,
+            }
+        }
+        What::Entries => PathMarks {
+            data: None,
+            entries: true,
+        },
+    }
 }
 
 impl Pending {
@@ -167,28 +215,14 @@ impl Pending {
                 let Some(t) = self.tracked.get_mut(&replica) else {
                     return;
                 };
-                let add = match what {
-                    What::Data => PathMarks {
-                        data: Some(None),
-                        entries: false,
-                    },
-                    What::Chunks(ranges) => {
-                        let mut c = Chunks::default();
-                        for (a, b) in ranges {
-                            c.add(a, b);
-                        }
-                        PathMarks {
-                            data: Some(Some(c)),
-                            entries: false,
-                        }
-                    }
-                    What::Entries => PathMarks {
-                        data: None,
-                        entries: true,
-                    },
-                };
-                t.marks.entry(path.0).or_default().merge(add);
+                t.marks.entry(path.0).or_default().merge(path_marks(what));
             }
+            Record::Intent { epoch, path, what } => {
+                let (e, m) = self.intents.entry(path.0).or_default();
+                *e = (*e).max(epoch);
+                m.merge(path_marks(what));
+            }
+            Record::Settled { epoch } => self.intents.retain(|_, (e, _)| *e > epoch),
             Record::Clear {
                 replica,
                 path,
@@ -223,19 +257,42 @@ impl Pending {
                         t.marks.entry(from.0.join(rest)).or_default().merge(m);
                     }
                 }
+                let forth = take_under(&mut self.intents, &from.0);
+                let back = if exchange {
+                    take_under(&mut self.intents, &to.0)
+                } else {
+                    Vec::new()
+                };
+                let mut put = |at: PathBuf, (epoch, m): (u64, PathMarks)| {
+                    let (e, have) = self.intents.entry(at).or_default();
+                    *e = (*e).max(epoch);
+                    have.merge(m);
+                };
+                for (rest, v) in forth {
+                    put(to.0.join(rest), v);
+                }
+                for (rest, v) in back {
+                    put(from.0.join(rest), v);
+                }
             }
         }
     }
 
     /// Reads a journal's text.
+    /// Folds the journal's text. A last line cut short (a crash in the middle of an
+    /// append that was never acknowledged) is left out.
     pub fn parse(text: &str) -> Result<Pending, String> {
         let mut p = Pending::default();
-        for (n, line) in text.lines().enumerate() {
+        let lines: Vec<&str> = text.lines().collect();
+        for (n, line) in lines.iter().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
-            let rec: Record =
-                serde_json::from_str(line).map_err(|e| format!("line {}: {e}", n + 1))?;
+            let rec: Record = match serde_json::from_str(line) {
+                Ok(rec) => rec,
+                Err(_) if n + 1 == lines.len() && !text.ends_with('\n') => break,
+                Err(e) => return Err(format!("line {}: {e}", n + 1)),
+            };
             p.apply(rec);
         }
         Ok(p)
@@ -243,7 +300,7 @@ impl Pending {
 }
 
 /// Removes the marks at `dir` and below it, returning them keyed by their path below it.
-fn take_under(marks: &mut BTreeMap<PathBuf, PathMarks>, dir: &Path) -> Vec<(PathBuf, PathMarks)> {
+fn take_under<V>(marks: &mut BTreeMap<PathBuf, V>, dir: &Path) -> Vec<(PathBuf, V)> {
     let keys: Vec<PathBuf> = marks
         .keys()
         .filter(|k| k.starts_with(dir))
@@ -305,6 +362,13 @@ pub fn append(root: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
 /// Flushes the journal under a replica root to disk.
 pub fn sync(root: BorrowedFd<'_>) -> io::Result<()> {
     open_for_append(root)?.sync_data()
+}
+
+/// Appends encoded records to the journal under a replica root and flushes it to disk.
+pub fn append_durably(root: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
+    let mut f = open_for_append(root)?;
+    f.write_all(bytes)?;
+    f.sync_data()
 }
 
 #[cfg(test)]
@@ -406,6 +470,51 @@ mod tests {
     }
 
     #[test]
+    fn a_last_line_cut_short_is_left_out() {
+        let mut text = String::from_utf8(encode(&[track(), mark("a", What::Data)])).unwrap();
+        text.push_str("{\"op\":\"mark\",\"repl");
+        let p = Pending::parse(&text).unwrap();
+        assert_eq!(p.tracked["b"].marks.len(), 1);
+        text.push('\n');
+        assert!(
+            Pending::parse(&text).is_err(),
+            "a whole line that is garbage is an error"
+        );
+    }
+
+    fn intent(epoch: u64, path: &str, what: What) -> Record {
+        Record::Intent {
+            epoch,
+            path: p(path),
+            what,
+        }
+    }
+
+    #[test]
+    fn intents_fold_by_path_move_with_renames_and_settle_by_epoch() {
+        let pending = fold(&[
+            intent(1, "a/f", What::Chunks(vec![(0, 2)])),
+            intent(1, "a", What::Entries),
+            intent(2, "a/f", What::Chunks(vec![(5, 6)])),
+            intent(2, "g", What::Data),
+            Record::Rename {
+                from: p("a"),
+                to: p("b"),
+                exchange: false,
+            },
+            Record::Settled { epoch: 1 },
+        ]);
+        let left = pending.in_flight();
+        // `b` (was `a`) was last intended in epoch 1: settled. `b/f` was intended again.
+        assert_eq!(left.len(), 2, "{left:?}");
+        let f = left[Path::new("b/f")].data.clone().unwrap().unwrap();
+        assert_eq!(f.ranges(), &[(0, 2), (5, 6)]);
+        assert_eq!(left[Path::new("g")].data, Some(None));
+        let all = fold(&[intent(3, "x", What::Data), Record::Settled { epoch: 3 }]);
+        assert!(all.in_flight().is_empty());
+    }
+
+    #[test]
     fn paths_that_are_not_utf8_round_trip() {
         let raw = PathBuf::from(OsStr::from_bytes(b"d/\xff\xfe"));
         let rec = Record::Mark {
@@ -415,6 +524,6 @@ mod tests {
         };
         let pending = fold(&[track(), rec]);
         assert!(pending.tracked["b"].marks.contains_key(&raw));
-        assert!(Pending::parse("{not json").is_err());
+        assert!(Pending::parse("{not json\n").is_err());
     }
 }

@@ -163,21 +163,17 @@ fn assemble(plan: &MountPlan, args: &MountArgs) -> Result<Assembly, CliError> {
     };
     let mut assembly = membership::assemble::assemble(&given, args.init, source.as_ref())
         .map_err(CliError::new)?;
-    let journal = if assembly.head_clean {
-        match membership::journal::load(plan.roots[assembly.head].as_fd()) {
-            Ok(j) => j,
-            Err(e) => {
-                assembly.notes.push(format!(
-                    "the journal of {} cannot be read ({}); replicas behind it are compared \
-                     in full",
-                    plan.replicas[assembly.head].display(),
-                    sys::describe(&e)
-                ));
-                None
-            }
+    let journal = match membership::journal::load(plan.roots[assembly.head].as_fd()) {
+        Ok(j) => j,
+        Err(e) => {
+            assembly.notes.push(format!(
+                "the journal of {} cannot be read ({}); replicas behind it are compared in \
+                 full",
+                plan.replicas[assembly.head].display(),
+                sys::describe(&e)
+            ));
+            None
         }
-    } else {
-        None
     };
     membership::assemble::resume(&mut assembly, journal.as_ref());
     Ok(assembly)
@@ -366,6 +362,7 @@ fn start(
     })?;
     crate::fs::probe::spawn(fs.clone());
     crate::fs::repair::spawn(fs.clone());
+    crate::fs::intent::spawn(fs.clone());
     watch_signals(signals, mount_point.clone(), log);
     info!(mount_point = %mount_point.display(), replicas = ?paths, "mounted");
     Ok(Mounted {

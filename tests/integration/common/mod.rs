@@ -293,6 +293,20 @@ impl Mirror {
         }
     }
 
+    /// Waits (up to 30 s) until every change made through the mount is settled: nothing
+    /// is left for a crash to put in doubt.
+    pub fn wait_settled(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let st = self.status();
+            if st["daemon"]["unsettled_paths"] == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "changes never settled: {st}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// The status the daemon reports, as JSON.
     pub fn status(&self) -> serde_json::Value {
         let out = mirrorfs(&[

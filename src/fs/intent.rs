@@ -1,0 +1,357 @@
+//! Write intents: what a change in flight may leave different between replicas, on disk
+//! before the change reaches any replica, so that after a crash repair looks at those
+//! paths alone instead of comparing whole trees.
+//!
+//! It is md's write-intent bitmap, or GlusterFS AFR's pre-op dirty mark, kept in the
+//! journal: before a change starts, an `intent` record naming what it touches (a
+//! directory's listing, a file's attributes, or the 1 MiB chunks a write covers) is
+//! appended to the journal of every current replica and flushed to disk. Intents are
+//! grouped in epochs of a few seconds; a path is recorded once per epoch (a sequential
+//! writer's chunks in runs that grow ahead of it), so a busy file costs a record per epoch,
+//! not per write. A background thread settles each epoch (GlusterFS's delayed post-op):
+//! once every change begun in it has ended on every replica, queued ones included, and
+//! every replica's filesystem has been synced, a `settled` record voids its intents. After
+//! an unclean end, the unsettled intents are the paths that may differ.
+
+use std::collections::HashMap;
+use std::mem::replace;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use fuser::FileType;
+use std::os::fd::AsFd;
+use tracing::warn;
+
+use crate::fs::chunks::{Chunks, chunks_of};
+use crate::fs::inode::{Ino, InodeTable};
+use crate::fs::mirror::{MirrorFs, Scope};
+use crate::membership::journal::{RecPath, Record, What};
+use crate::sys;
+
+/// How long an epoch collects intents before it is settled.
+pub const EPOCH: Duration = Duration::from_secs(2);
+
+/// What the intents of one epoch cover of one inode.
+#[derive(Debug, Default)]
+struct Cover {
+    whole: bool,
+    attributes: bool,
+    entries: bool,
+    chunks: Chunks,
+}
+
+impl Cover {
+    /// Covers `scope` of a node of `kind`; returns what was not covered yet, as a record
+    /// says it.
+    fn add(&mut self, scope: Scope, kind: Option<FileType>) -> Option<What> {
+        let partial = matches!(kind, Some(FileType::RegularFile | FileType::Directory));
+        match scope {
+            Scope::Entries(_) => (!replace(&mut self.entries, true)).then_some(What::Entries),
+            _ if self.whole => None,
+            Scope::Meta(_) if partial => {
+                (!replace(&mut self.attributes, true)).then_some(What::Chunks(Vec::new()))
+            }
+            Scope::Range(_, offset, len) if kind == Some(FileType::RegularFile) => {
+                self.attributes = true;
+                let (first, end) = chunks_of(offset, len);
+                self.chunks
+                    .mark(first, end)
+                    .map(|range| What::Chunks(vec![range]))
+            }
+            _ => {
+                self.whole = true;
+                Some(What::Data)
+            }
+        }
+    }
+
+    /// Everything covered, as records say it.
+    fn whats(&self) -> Vec<What> {
+        let mut whats = Vec::new();
+        if self.entries {
+            whats.push(What::Entries);
+        }
+        if self.whole {
+            whats.push(What::Data);
+        } else if self.attributes {
+            whats.push(What::Chunks(self.chunks.ranges().to_vec()));
+        }
+        whats
+    }
+}
+
+/// The intents of the epoch under way and of the one being settled, by epoch parity.
+#[derive(Debug)]
+pub struct Intents {
+    epoch: u64,
+    covered: [HashMap<Ino, Cover>; 2],
+}
+
+impl Default for Intents {
+    fn default() -> Intents {
+        Intents {
+            epoch: 1,
+            covered: Default::default(),
+        }
+    }
+}
+
+impl Intents {
+    /// The epoch changes begin in now.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Covers `scopes` in the epoch under way; returns the records of what was not
+    /// covered yet. Nodes with no name left need none: nothing reaches them by path.
+    pub fn add(&mut self, table: &InodeTable, scopes: &[Scope]) -> Vec<Record> {
+        let epoch = self.epoch;
+        let covered = &mut self.covered[(epoch % 2) as usize];
+        let mut records = Vec::new();
+        for &scope in scopes {
+            let ino = scope.ino();
+            let Some(path) = table.relative_path(ino) else {
+                continue;
+            };
+            if let Some(what) = covered.entry(ino).or_default().add(scope, table.kind(ino)) {
+                records.push(Record::Intent {
+                    epoch,
+                    path: RecPath(path),
+                    what,
+                });
+            }
+        }
+        records
+    }
+
+    /// How many inodes have unsettled intents.
+    pub fn count(&self) -> usize {
+        self.covered.iter().map(HashMap::len).sum()
+    }
+
+    /// Whether any intent is unsettled.
+    pub fn open(&self) -> bool {
+        self.covered.iter().any(|c| !c.is_empty())
+    }
+
+    /// Closes the epoch under way, if it has intents and the one before is settled;
+    /// returns it.
+    pub fn close(&mut self) -> Option<u64> {
+        let previous = &self.covered[((self.epoch + 1) % 2) as usize];
+        let current = &self.covered[(self.epoch % 2) as usize];
+        if current.is_empty() || !previous.is_empty() {
+            return None;
+        }
+        self.epoch += 1;
+        Some(self.epoch - 1)
+    }
+
+    /// The epoch before the one under way, if it was closed and is not settled yet.
+    pub fn closed(&self) -> Option<u64> {
+        let previous = &self.covered[((self.epoch + 1) % 2) as usize];
+        (!previous.is_empty()).then_some(self.epoch - 1)
+    }
+
+    /// Forgets the intents of a closed epoch that is settled.
+    pub fn settled(&mut self, epoch: u64) {
+        self.covered[(epoch % 2) as usize].clear();
+    }
+
+    /// Records of every unsettled intent, along the paths the table has now.
+    pub fn snapshot(&self, table: &InodeTable) -> Vec<Record> {
+        let mut records = Vec::new();
+        for epoch in [self.epoch - 1, self.epoch] {
+            for (ino, cover) in &self.covered[(epoch % 2) as usize] {
+                let Some(path) = table.relative_path(*ino) else {
+                    continue;
+                };
+                for what in cover.whats() {
+                    records.push(Record::Intent {
+                        epoch,
+                        path: RecPath(path.clone()),
+                        what,
+                    });
+                }
+            }
+        }
+        records
+    }
+}
+
+/// Changes under way, counted by the parity of the epoch they began in (at most two
+/// epochs are open at once).
+#[derive(Debug, Default)]
+pub struct Flights {
+    open: Mutex<[u64; 2]>,
+    ended: Condvar,
+}
+
+/// A change under way; it ends when this is dropped.
+#[derive(Debug)]
+pub struct Flight {
+    flights: Arc<Flights>,
+    slot: usize,
+}
+
+impl Flights {
+    /// A change begins in `epoch`.
+    pub fn begin(self: &Arc<Flights>, epoch: u64) -> Flight {
+        let slot = (epoch % 2) as usize;
+        self.open.lock().expect("flights lock")[slot] += 1;
+        Flight {
+            flights: self.clone(),
+            slot,
+        }
+    }
+
+    /// Waits until every change begun in `epoch` has ended.
+    pub fn wait(&self, epoch: u64) {
+        let slot = (epoch % 2) as usize;
+        let mut open = self.open.lock().expect("flights lock");
+        while open[slot] > 0 {
+            open = self.ended.wait(open).expect("flights lock");
+        }
+    }
+}
+
+impl Clone for Flight {
+    fn clone(&self) -> Flight {
+        self.flights.open.lock().expect("flights lock")[self.slot] += 1;
+        Flight {
+            flights: self.flights.clone(),
+            slot: self.slot,
+        }
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        let mut open = self.flights.open.lock().expect("flights lock");
+        open[self.slot] -= 1;
+        if open[self.slot] == 0 {
+            self.flights.ended.notify_all();
+        }
+    }
+}
+
+impl MirrorFs {
+    /// A change to `scopes` begins: what it touches is recorded on disk first (unless the
+    /// epoch covers it already). The change is under way until the returned flight is
+    /// dropped.
+    pub(crate) fn intend(&self, scopes: &[Scope]) -> Flight {
+        let mut j = self.journal();
+        if !self.set.read_only() {
+            let records = j.intents.add(&self.table(), scopes);
+            self.append_records(&mut j, records, true);
+        }
+        self.flights.begin(j.intents.epoch())
+    }
+
+    /// Settles the epoch last closed (closing the one under way first if it has intents):
+    /// waits for its changes to end, syncs every replica's filesystem, and records it
+    /// settled. A replica whose sync fails is compared in full.
+    pub(crate) fn settle_epoch(&self) {
+        let epoch = {
+            let mut j = self.journal();
+            match j.intents.closed() {
+                Some(e) => e,
+                None => match j.intents.close() {
+                    Some(e) => e,
+                    None => return,
+                },
+            }
+        };
+        self.flights.wait(epoch);
+        for r in self.members(self.active()) {
+            let synced = sys::reopen(r.root().as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+                .and_then(|fd| sys::syncfs(fd.as_fd()));
+            if let Err(e) = synced {
+                warn!(
+                    replica = %r.path.display(),
+                    error = %sys::describe(&e),
+                    "cannot flush the replica's filesystem; it will be compared in full"
+                );
+                self.require_full(r);
+            }
+        }
+        let mut j = self.journal();
+        if !self.set.read_only() {
+            self.append_records(&mut j, vec![Record::Settled { epoch }], false);
+        }
+        j.intents.settled(epoch);
+    }
+}
+
+/// Settles epochs in the background until the process ends.
+pub fn spawn(fs: Arc<MirrorFs>) {
+    std::thread::Builder::new()
+        .name("settler".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH);
+                fs.settle_epoch();
+            }
+        })
+        .expect("spawn the settler thread");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_is_recorded_once_per_epoch_and_a_sequential_writer_in_runs() {
+        let mut c = Cover::default();
+        let file = Some(FileType::RegularFile);
+        let mut records = 0;
+        for i in 0..512u64 {
+            if c.add(Scope::Range(7, i << 20, 1 << 20), file).is_some() {
+                records += 1;
+            }
+        }
+        assert!(records < 20, "{records} records for one sequential writer");
+        assert_eq!(c.add(Scope::Meta(7), file), None);
+        assert_eq!(c.add(Scope::Entries(7), file), Some(What::Entries));
+        assert_eq!(c.add(Scope::Entries(7), file), None);
+        // A symlink's attributes are its whole.
+        let mut l = Cover::default();
+        assert_eq!(
+            l.add(Scope::Meta(8), Some(FileType::Symlink)),
+            Some(What::Data)
+        );
+        assert_eq!(l.add(Scope::Range(8, 0, 1), None), None);
+    }
+
+    #[test]
+    fn epochs_close_one_at_a_time() {
+        let mut i = Intents::default();
+        assert_eq!(i.close(), None, "nothing to settle");
+        i.covered[1].insert(3, Cover::default());
+        assert_eq!(i.close(), Some(1));
+        assert_eq!(i.closed(), Some(1));
+        i.covered[0].insert(4, Cover::default());
+        assert_eq!(i.close(), None, "epoch 1 is not settled yet");
+        i.settled(1);
+        assert_eq!(i.closed(), None);
+        assert_eq!(i.close(), Some(2));
+    }
+
+    #[test]
+    fn flights_wait_for_their_epoch_only() {
+        let f = Arc::new(Flights::default());
+        let a = f.begin(1);
+        let b = f.begin(2);
+        let c = b.clone();
+        drop(a);
+        f.wait(1);
+        let waiter = {
+            let f = f.clone();
+            std::thread::spawn(move || f.wait(2))
+        };
+        drop(b);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!waiter.is_finished());
+        drop(c);
+        waiter.join().unwrap();
+    }
+}
