@@ -6,6 +6,7 @@ mod common;
 
 mod bad_input;
 mod concurrency;
+mod crash;
 mod divergence;
 mod errnos;
 mod faults;
