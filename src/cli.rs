@@ -66,6 +66,12 @@ pub struct MountArgs {
     #[arg(long, value_name = "RATE")]
     pub repair_rate: Option<String>,
 
+    /// Replicas a change must reach before it is acknowledged; the others are marked
+    /// degraded and repaired later. With fewer working replicas, changes fail with EIO
+    /// [default: 1: every working replica is written, one is enough].
+    #[arg(long, value_name = "N")]
+    pub write_quorum: Option<usize>,
+
     /// Seconds the kernel may cache names and attributes [default: 1].
     #[arg(long, value_name = "SECONDS")]
     pub cache_ttl: Option<f64>,

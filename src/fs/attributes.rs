@@ -92,7 +92,7 @@ impl MirrorFs {
             Some(size) => Scope::Range(ino, size, u64::MAX),
             None => Scope::Meta(ino),
         };
-        let _flight = self.intend(&[scope]);
+        let _flight = self.intend(&[scope])?;
         if let (Some(h), Some(_), None) = (&handle, changes.size, changes.mtime) {
             // ftruncate: each replica stamps its own mtime; closing the handle makes them one.
             h.wrote.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -108,7 +108,7 @@ impl MirrorFs {
             fanned.attempted(),
             &fanned.diverged,
             &[scope],
-        );
+        )?;
         let winner = fanned.verdict?;
         let r = &self.replicas[winner];
         let st = match handle.as_ref().and_then(|h| h.fd(winner)) {

@@ -112,7 +112,9 @@ impl MirrorFs {
         let handle = OpenFile::new(ino, writable, bflags, self.replicas.len());
         if writable || truncate {
             let _order = truncate.then(|| self.order(&[ino]));
-            let _flight = truncate.then(|| self.intend(&[Scope::Meta(ino)]));
+            let _flight = truncate
+                .then(|| self.intend(&[Scope::Meta(ino)]))
+                .transpose()?;
             let oflags = bflags | if truncate { libc::O_TRUNC } else { 0 };
             let fanned = fanout::apply(&self.replicas, self.fresh(ino), |r| {
                 self.open_backing(r, ino, oflags)
@@ -128,7 +130,7 @@ impl MirrorFs {
                 } else {
                     Scope::Meta(ino)
                 }],
-            );
+            )?;
             let winner = fanned.verdict.as_ref().map(|w| *w).map_err(copy_err)?;
             for (i, fd) in fanned.successes() {
                 handle.set_fd(i, fd);
@@ -226,7 +228,7 @@ impl MirrorFs {
             return Err(ebadf());
         }
         let _order = self.order(&[h.ino]);
-        let _flight = self.intend(&[Scope::Range(h.ino, offset, data.len() as u64)]);
+        let _flight = self.intend(&[Scope::Range(h.ino, offset, data.len() as u64)])?;
         let results: Vec<(usize, sys::WriteOutcome)> = self
             .members(self.fresh(h.ino))
             .map(|r| {
@@ -248,7 +250,7 @@ impl MirrorFs {
             attempted,
             &diverged,
             &[Scope::Range(h.ino, offset, data.len() as u64)],
-        );
+        )?;
         result.map(|n| n as u32)
     }
 
@@ -290,7 +292,9 @@ impl MirrorFs {
         }
         let _order = self.order(&[h.ino]);
         let set = self.fresh(h.ino);
-        let _flight = self.intend(&[Scope::Meta(h.ino)]);
+        let Ok(_flight) = self.intend(&[Scope::Meta(h.ino)]) else {
+            return;
+        };
         let Some(source) = self.members(set).next() else {
             return;
         };
@@ -306,7 +310,7 @@ impl MirrorFs {
             sys::futimens(self.handle_fd(h, r)?.as_fd(), atime, mtime)
         });
         // The source already has these times: it took part.
-        self.settle(
+        let _ = self.settle(
             "utimens",
             fanned.verdict.is_ok(),
             fanned.attempted() | (1 << source.index),
@@ -333,7 +337,7 @@ impl MirrorFs {
         // Collapsing or inserting a range moves everything after it.
         let shifts = mode & (libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE) != 0;
         let scope = Scope::Range(h.ino, offset, if shifts { u64::MAX } else { len });
-        let _flight = self.intend(&[scope]);
+        let _flight = self.intend(&[scope])?;
         let fanned = fanout::apply(&self.replicas, self.fresh(h.ino), |r| {
             sys::fallocate(self.handle_fd(&h, r)?.as_fd(), mode, offset, len)
         });
@@ -355,7 +359,7 @@ impl MirrorFs {
                 diverged.push((index, errno));
             }
         }
-        self.settle("fallocate", true, attempted, &diverged, &[scope]);
+        self.settle("fallocate", true, attempted, &diverged, &[scope])?;
         Ok(())
     }
 
@@ -387,7 +391,7 @@ impl MirrorFs {
         // The source is locked too, so that no write to it lands between two replicas'
         // copies.
         let _order = self.order(&[src.ino, dst.ino]);
-        let _flight = self.intend(&[Scope::Range(dst.ino, offset_out, len)]);
+        let _flight = self.intend(&[Scope::Range(dst.ino, offset_out, len)])?;
         let src_fresh = self.fresh(src.ino);
         let source = self.members(src_fresh).next();
         let fanned = fanout::apply(&self.replicas, self.fresh(dst.ino), |r| {
@@ -426,7 +430,7 @@ impl MirrorFs {
             fanned.attempted(),
             &diverged,
             &[Scope::Range(dst.ino, offset_out, len)],
-        );
+        )?;
         fanned.value().map(|n| n as u32)
     }
 }

@@ -237,14 +237,15 @@ impl Drop for Flight {
 impl MirrorFs {
     /// A change to `scopes` begins: what it touches is recorded on disk first (unless the
     /// epoch covers it already). The change is under way until the returned flight is
-    /// dropped.
-    pub(crate) fn intend(&self, scopes: &[Scope]) -> Flight {
+    /// dropped. Fails with EIO when fewer replicas than the write quorum take part.
+    pub(crate) fn intend(&self, scopes: &[Scope]) -> std::io::Result<Flight> {
+        self.check_quorum()?;
         let mut j = self.journal();
         if !self.set.read_only() {
             let records = j.intents.add(&self.table(), scopes);
             self.append_records(&mut j, records, true);
         }
-        self.flights.begin(j.intents.epoch())
+        Ok(self.flights.begin(j.intents.epoch()))
     }
 
     /// Settles the epoch last closed (closing the one under way first if it has intents):

@@ -36,6 +36,8 @@ pub struct FsOptions {
     pub ttl: Duration,
     /// Bytes per second repair may copy (0: no limit).
     pub repair_rate: u64,
+    /// Replicas a change must reach to succeed (at least 1).
+    pub write_quorum: usize,
 }
 
 /// What a replica that diverged is out of sync for.
@@ -347,7 +349,8 @@ impl MirrorFs {
     /// Records the outcome of a change tried on `attempted`: replicas that answered
     /// differently from the result are marked out of sync for `scopes` (and failed, on a
     /// fault); when the change succeeded, so are the replicas it was not tried on (failed,
-    /// waiting for repair, or out of date there), so that repair brings it to them.
+    /// waiting for repair, or out of date there), so that repair brings it to them. A
+    /// change that succeeded on fewer replicas than the write quorum fails with EIO.
     pub(crate) fn settle(
         &self,
         op: &'static str,
@@ -355,7 +358,10 @@ impl MirrorFs {
         attempted: ReplicaSet,
         diverged: &[(usize, i32)],
         scopes: &[Scope],
-    ) {
+    ) -> io::Result<()> {
+        let applied = diverged
+            .iter()
+            .fold(attempted, |set, (i, _)| set & !(1 << i));
         let mut all = diverged.to_vec();
         if succeeded {
             for r in self.members(self.every() & !attempted) {
@@ -365,6 +371,25 @@ impl MirrorFs {
             }
         }
         self.diverged(op, &all, scopes);
+        if succeeded && (applied.count_ones() as usize) < self.options.write_quorum {
+            warn!(
+                op,
+                applied = applied.count_ones(),
+                quorum = self.options.write_quorum,
+                "a change reached fewer replicas than the write quorum"
+            );
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(())
+    }
+
+    /// Refuses a change (EIO) before it starts when fewer replicas than the write quorum
+    /// could take it.
+    pub(crate) fn check_quorum(&self) -> io::Result<()> {
+        if (self.active().count_ones() as usize) < self.options.write_quorum {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(())
     }
 
     /// Every replica, as a set.

@@ -223,7 +223,7 @@ impl MirrorFs {
         self.check_name(parent, name)?;
         let targets = self.fresh(parent);
         let _order = self.order(&[parent]);
-        let _flight = self.intend(&[Scope::Entries(parent)]);
+        let _flight = self.intend(&[Scope::Entries(parent)])?;
         let fanned = fanout::apply(&self.replicas, targets, |r| {
             let dir = self.dir_fd(r, parent)?;
             make(r, dir.as_fd())
@@ -249,7 +249,7 @@ impl MirrorFs {
             fanned.attempted(),
             &fanned.diverged,
             &[Scope::Entries(parent), Scope::Data(ino)],
-        );
+        )?;
         Ok((attr::file_attr(ino, &st), fanned.successes()))
     }
 
@@ -312,7 +312,7 @@ impl MirrorFs {
             t.fresh(ino, all) & t.fresh(new_parent, all)
         };
         let _order = self.order(&[new_parent]);
-        let _flight = self.intend(&[Scope::Entries(new_parent), Scope::Meta(ino)]);
+        let _flight = self.intend(&[Scope::Entries(new_parent), Scope::Meta(ino)])?;
         let fanned = fanout::apply(&self.replicas, targets, |r| {
             let dst_dir = self.dir_fd(r, new_parent)?;
             self.with_name(r, ino, |src_dir, src_name| {
@@ -326,7 +326,7 @@ impl MirrorFs {
             fanned.attempted(),
             &fanned.diverged,
             &scopes,
-        );
+        )?;
         let succeeded = fanned.succeeded();
         let winner = fanned.verdict?;
         let r = &self.replicas[winner];
@@ -360,7 +360,7 @@ impl MirrorFs {
         let _order = self.order(&[parent]);
         let _names = self.rename_guard(victim.as_slice());
         let _moving = dir_entry.then(|| self.namespace_change());
-        let _flight = self.intend(&[Scope::Entries(parent)]);
+        let _flight = self.intend(&[Scope::Entries(parent)])?;
         let fanned: Fanned<()> = fanout::combine(
             dirs.into_iter()
                 .map(|(i, dir)| {
@@ -377,7 +377,7 @@ impl MirrorFs {
             fanned.attempted(),
             &fanned.diverged,
             &[Scope::Entries(parent)],
-        );
+        )?;
         fanned.verdict?;
         // A removed directory keeps its cached descriptor while the kernel still holds
         // it (an open handle or a working directory can still stat and list it).
@@ -426,7 +426,7 @@ impl MirrorFs {
         let moved: Vec<Ino> = moving.into_iter().chain(displaced).collect();
         let _names = self.rename_guard(&moved);
         let _moving = dir_moves.then(|| self.namespace_change());
-        let _flight = self.intend(&[Scope::Entries(parent), Scope::Entries(new_parent)]);
+        let _flight = self.intend(&[Scope::Entries(parent), Scope::Entries(new_parent)])?;
         let fanned: Fanned<()> = fanout::combine(
             dirs.into_iter()
                 .map(|(i, fds)| {
@@ -452,7 +452,7 @@ impl MirrorFs {
             fanned.attempted(),
             &fanned.diverged,
             &scopes,
-        );
+        )?;
         if dir_moves && fanned.verdict.is_ok() {
             // A cached descriptor follows its directory; where the move did not happen it
             // would name the directory the table no longer puts at that path.

@@ -64,7 +64,7 @@ impl MirrorFs {
 
     pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
         let _order = self.order(&[ino]);
-        let _flight = self.intend(&[Scope::Meta(ino)]);
+        let _flight = self.intend(&[Scope::Meta(ino)])?;
         let fanned = fanout::apply(&self.replicas, self.fresh(ino), |r| {
             sys::xattr::set(self.object_fd(r, ino)?.as_fd(), name, value, flags)
         });
@@ -74,13 +74,13 @@ impl MirrorFs {
             fanned.attempted(),
             &fanned.diverged,
             &[Scope::Meta(ino)],
-        );
+        )?;
         fanned.verdict.map(drop)
     }
 
     pub fn removexattr(&self, ino: Ino, name: &OsStr) -> io::Result<()> {
         let _order = self.order(&[ino]);
-        let _flight = self.intend(&[Scope::Meta(ino)]);
+        let _flight = self.intend(&[Scope::Meta(ino)])?;
         let fanned = fanout::apply(&self.replicas, self.fresh(ino), |r| {
             sys::xattr::remove(self.object_fd(r, ino)?.as_fd(), name)
         });
@@ -90,7 +90,7 @@ impl MirrorFs {
             fanned.attempted(),
             &fanned.diverged,
             &[Scope::Meta(ino)],
-        );
+        )?;
         fanned.verdict.map(drop)
     }
 }

@@ -86,8 +86,16 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         Some(text) => options::parse_rate(text)?,
         None => DEFAULT_REPAIR_RATE,
     };
+    let write_quorum = args.write_quorum.unwrap_or(1);
+    if !(1..=plan.replicas.len()).contains(&write_quorum) {
+        return Err(cli_error!(
+            "write quorum must be from 1 to the number of replicas ({})",
+            plan.replicas.len()
+        ));
+    }
     let fs_options = FsOptions {
         repair_rate,
+        write_quorum,
         ttl: Duration::from_secs_f64(ttl),
     };
     let config = fuse_config(&opts, threads);

@@ -15,6 +15,7 @@ mod journal;
 mod lifecycle;
 mod membership;
 mod metadata;
+mod modes;
 mod namespace;
 mod permissions;
 mod random_ops;
