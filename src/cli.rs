@@ -68,9 +68,25 @@ pub struct MountArgs {
 
     /// Replicas a change must reach before it is acknowledged; the others are marked
     /// degraded and repaired later. With fewer working replicas, changes fail with EIO
-    /// [default: 1: every working replica is written, one is enough].
+    /// [default: 1: every working replica is written, one is enough]. Sync mode only.
     #[arg(long, value_name = "N")]
     pub write_quorum: Option<usize>,
+
+    /// When a write is acknowledged: `sync`, once every working replica has it; `async`,
+    /// once the primary has it (the others apply it from their queue, in order).
+    #[arg(long, value_enum, default_value_t = ModeArg::Sync)]
+    pub mode: ModeArg,
+
+    /// Async mode: how far a replica's queue may fall behind, in bytes (K, M, G) and
+    /// optionally operations, before the replica is marked out of sync and repaired
+    /// instead [default: 256M,65536].
+    #[arg(long, value_name = "SIZE[,OPS]")]
+    pub max_lag: Option<String>,
+
+    /// Async mode: fsync returns once every replica has flushed the file, not the primary
+    /// alone.
+    #[arg(long)]
+    pub fsync_all: bool,
 
     /// Seconds the kernel may cache names and attributes [default: 1].
     #[arg(long, value_name = "SECONDS")]
@@ -94,6 +110,12 @@ pub struct MountArgs {
     /// hold data (the others' contents are replaced).
     #[arg(long, value_name = "REPLICA", requires = "init")]
     pub source: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    Sync,
+    Async,
 }
 
 #[derive(Debug, Args)]

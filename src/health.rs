@@ -205,6 +205,17 @@ fn replica_line(r: &ReplicaStatus) -> String {
             ago(e.time)
         ));
     }
+    if let Some(lag) = &r.lag {
+        l.push_str(&format!(
+            ", lag {} ops / {} / {:.1} s",
+            lag.operations,
+            bytes(lag.bytes),
+            lag.oldest_seconds
+        ));
+        if lag.trips > 0 {
+            l.push_str(&format!(" (max lag exceeded {} times)", lag.trips));
+        }
+    }
     l.push_str(&format!(
         ", latency read {:.2} ms write {:.2} ms, {} free",
         r.read_latency_us / 1000.0,

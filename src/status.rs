@@ -80,6 +80,20 @@ pub struct ReplicaStatus {
     /// Paths and (estimated) bytes waiting for repair.
     pub pending_files: u64,
     pub pending_bytes: u64,
+    /// In async mode, the changes queued for this replica (`null` in sync mode).
+    pub lag: Option<LagStatus>,
+}
+
+/// A replica's queue in async mode.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LagStatus {
+    pub operations: u64,
+    pub bytes: u64,
+    /// Age of the oldest queued change.
+    pub oldest_seconds: f64,
+    /// Times the queue exceeded `--max-lag` since mount (the replica was then marked out
+    /// of sync and repaired instead).
+    pub trips: u64,
 }
 
 /// How many out-of-sync paths a status lists per replica.
@@ -106,6 +120,8 @@ pub struct RepairStatus {
 pub struct MirrorStatus {
     pub mount_point: PathBuf,
     pub pid: u32,
+    /// `sync` or `async`.
+    pub mode: String,
     pub replicas: Vec<ReplicaStatus>,
     pub repair: RepairStatus,
     /// Paths whose contents no replica holds current (at most [`OUT_OF_SYNC_LISTED`]).

@@ -66,7 +66,7 @@ impl AttrChanges {
 impl MirrorFs {
     pub fn getattr(&self, ino: Ino, fh: Option<u64>) -> io::Result<FileAttr> {
         let handle = fh.and_then(|fh| self.files.get(fh));
-        let set = self.fresh(ino);
+        let set = self.readable(ino);
         let st = self.read_any("getattr", set, Scope::Meta(ino), |r| {
             match handle.as_ref().and_then(|h| h.fd(r.index)) {
                 Some(fd) => sys::fstat(fd.as_fd()),
@@ -85,8 +85,8 @@ impl MirrorFs {
             Some(TimeOrNow::SpecificTime(t)) => attr::timespec(t),
         };
         let (atime, mtime) = (time(changes.atime), time(changes.mtime));
+        let _order = self.order_drained(&[ino]);
         let targets = self.fresh(ino);
-        let _order = self.order(&[ino]);
         // A size change changes the contents from the new size on.
         let scope = match changes.size {
             Some(size) => Scope::Range(ino, size, u64::MAX),

@@ -20,7 +20,7 @@ use crate::fs::attr;
 use crate::fs::fanout::{self, Fanned};
 use crate::fs::handles::OpenFile;
 use crate::fs::inode::Ino;
-use crate::fs::mirror::{MirrorFs, Scope};
+use crate::fs::mirror::{MirrorFs, Mode, Scope};
 use crate::fs::namespace::Caller;
 use crate::replica::Replica;
 use crate::sys;
@@ -94,7 +94,7 @@ impl MirrorFs {
 
     /// The descriptor of `h` on `r`, opening it first if the handle has none there yet
     /// (a read-only handle failing over, or a replica that became current again).
-    fn handle_fd(&self, h: &OpenFile, r: &Replica) -> io::Result<Arc<OwnedFd>> {
+    pub(crate) fn handle_fd(&self, h: &OpenFile, r: &Replica) -> io::Result<Arc<OwnedFd>> {
         match h.fd(r.index) {
             Some(fd) => Ok(fd),
             None => Ok(h.set_fd(r.index, self.open_backing(r, h.ino, h.backing_flags)?)),
@@ -111,7 +111,7 @@ impl MirrorFs {
         let truncate = flags & libc::O_TRUNC != 0;
         let handle = OpenFile::new(ino, writable, bflags, self.replicas.len());
         if writable || truncate {
-            let _order = truncate.then(|| self.order(&[ino]));
+            let _order = truncate.then(|| self.order_drained(&[ino]));
             let _flight = truncate
                 .then(|| self.intend(&[Scope::Meta(ino)]))
                 .transpose()?;
@@ -140,7 +140,7 @@ impl MirrorFs {
                 handle.wrote.store(true, Ordering::Relaxed);
             }
         } else {
-            let (index, fd) = self.read_any("open", self.fresh(ino), Scope::Meta(ino), |r| {
+            let (index, fd) = self.read_any("open", self.readable(ino), Scope::Meta(ino), |r| {
                 Ok((r.index, self.open_backing(r, ino, bflags)?))
             })?;
             handle.set_fd(index, fd);
@@ -191,7 +191,7 @@ impl MirrorFs {
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
         let h = self.files.get(fh).ok_or_else(ebadf)?;
-        let fresh = self.fresh(h.ino);
+        let fresh = self.readable(h.ino);
         let first = h.read_from();
         let mut last = None;
         for r in self.read_order(fresh, Some(first)) {
@@ -227,30 +227,45 @@ impl MirrorFs {
         if !h.writable {
             return Err(ebadf());
         }
-        let _order = self.order(&[h.ino]);
-        let _flight = self.intend(&[Scope::Range(h.ino, offset, data.len() as u64)])?;
-        let results: Vec<(usize, sys::WriteOutcome)> = self
-            .members(self.fresh(h.ino))
-            .map(|r| {
-                let started = std::time::Instant::now();
-                let written = match self.handle_fd(&h, r) {
-                    Ok(fd) => sys::pwrite_all(fd.as_fd(), data, offset),
-                    Err(e) => Err((0, e)),
-                };
-                r.write_latency.record(started.elapsed());
-                (r.index, written)
-            })
-            .collect();
+        let (_order, lagging) = self.order_for_write(h.ino);
+        let scope = Scope::Range(h.ino, offset, data.len() as u64);
+        let flight = self.intend(&[scope])?;
+        let fresh = self.fresh(h.ino);
+        // In async mode the first replica that takes the write is the only one written now
+        // (never one with older writes still queued for the file).
+        let queues = self.lanes.is_some();
+        let mut results: Vec<(usize, sys::WriteOutcome)> = Vec::new();
+        for r in self.write_order(fresh & !lagging) {
+            let started = std::time::Instant::now();
+            let written = match self.handle_fd(&h, r) {
+                Ok(fd) => sys::pwrite_all(fd.as_fd(), data, offset),
+                Err(e) => Err((0, e)),
+            };
+            r.write_latency.record(started.elapsed());
+            let done = written.is_ok();
+            results.push((r.index, written));
+            if queues && done {
+                break;
+            }
+        }
         h.wrote.store(true, Ordering::Relaxed);
-        let attempted = results.iter().fold(0, |set, (i, _)| set | (1 << i));
-        let (result, diverged) = judge_write(results, data.len());
-        self.settle(
-            "write",
-            result.is_ok(),
-            attempted,
-            &diverged,
-            &[Scope::Range(h.ino, offset, data.len() as u64)],
-        )?;
+        let mut attempted = results.iter().fold(0, |set, (i, _)| set | (1 << i));
+        let (result, mut diverged) = judge_write(results, data.len());
+        if result.is_ok() {
+            let others = fresh & !attempted;
+            let (bytes, handle) = (Arc::<[u8]>::from(data), h.clone());
+            let queued = self.queue("write", others, scope, data.len() as u64, &flight, {
+                move |fs: &MirrorFs, r: &Replica| {
+                    let fd = fs.handle_fd(&handle, r)?;
+                    sys::pwrite_all(fd.as_fd(), &bytes, offset).map_err(|(_, e)| e)
+                }
+            });
+            if let Some(marked) = queued {
+                attempted |= others;
+                diverged.extend(marked);
+            }
+        }
+        self.settle("write", result.is_ok(), attempted, &diverged, &[scope])?;
         result.map(|n| n as u32)
     }
 
@@ -290,12 +305,13 @@ impl MirrorFs {
         if !h.wrote.swap(false, Ordering::Relaxed) {
             return;
         }
-        let _order = self.order(&[h.ino]);
+        // The source holds every write to the file: in async mode, the primary.
+        let (_order, _) = self.order_for_write(h.ino);
         let set = self.fresh(h.ino);
-        let Ok(_flight) = self.intend(&[Scope::Meta(h.ino)]) else {
+        let Ok(flight) = self.intend(&[Scope::Meta(h.ino)]) else {
             return;
         };
-        let Some(source) = self.members(set).next() else {
+        let Some(&source) = self.write_order(set).first() else {
             return;
         };
         let Ok(st) = self
@@ -306,6 +322,16 @@ impl MirrorFs {
         };
         let (atime, mtime) = attr::times_of(&st);
         let others = set & !(1 << source.index);
+        let handle = h.clone();
+        let queued = self.queue("utimens", others, Scope::Meta(h.ino), 0, &flight, {
+            move |fs: &MirrorFs, r: &Replica| {
+                sys::futimens(fs.handle_fd(&handle, r)?.as_fd(), atime, mtime)
+            }
+        });
+        if let Some(marked) = queued {
+            let _ = self.settle("utimens", true, set, &marked, &[Scope::Meta(h.ino)]);
+            return;
+        }
         let fanned = fanout::apply(&self.replicas, others, |r| {
             sys::futimens(self.handle_fd(h, r)?.as_fd(), atime, mtime)
         });
@@ -319,9 +345,25 @@ impl MirrorFs {
         );
     }
 
+    /// Flushes the file on every replica current for it; in async mode on the primary
+    /// alone (the intents of the changes queued for the others are on disk already), or
+    /// with `--fsync-all` on every replica once its queue has reached the file.
     pub fn fsync(&self, fh: u64, datasync: bool) -> io::Result<()> {
         let h = self.files.get(fh).ok_or_else(ebadf)?;
-        let fanned = fanout::apply(&self.replicas, self.fresh(h.ino), |r| {
+        let targets = match self.options.mode {
+            Mode::Async {
+                fsync_all: false, ..
+            } => {
+                let set = self.readable(h.ino);
+                set & set.wrapping_neg()
+            }
+            Mode::Async { .. } => {
+                self.drain_ino(h.ino);
+                self.fresh(h.ino)
+            }
+            Mode::Sync => self.fresh(h.ino),
+        };
+        let fanned = fanout::apply(&self.replicas, targets, |r| {
             sys::fsync(self.handle_fd(&h, r)?.as_fd(), datasync)
         });
         self.diverged("fsync", &fanned.diverged, &[Scope::Data(h.ino)]);
@@ -333,7 +375,7 @@ impl MirrorFs {
         if !h.writable {
             return Err(ebadf());
         }
-        let _order = self.order(&[h.ino]);
+        let _order = self.order_drained(&[h.ino]);
         // Collapsing or inserting a range moves everything after it.
         let shifts = mode & (libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE) != 0;
         let scope = Scope::Range(h.ino, offset, if shifts { u64::MAX } else { len });
@@ -365,7 +407,7 @@ impl MirrorFs {
 
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> io::Result<i64> {
         let h = self.files.get(fh).ok_or_else(ebadf)?;
-        let fresh = self.fresh(h.ino);
+        let fresh = self.readable(h.ino);
         let first = 1 << h.read_from();
         let set = if fresh & first != 0 { first } else { fresh };
         self.read_any("lseek", set, Scope::Meta(h.ino), |r| {
@@ -390,7 +432,7 @@ impl MirrorFs {
         let len = len.min(u32::MAX as u64 & !0xfff);
         // The source is locked too, so that no write to it lands between two replicas'
         // copies.
-        let _order = self.order(&[src.ino, dst.ino]);
+        let _order = self.order_drained(&[src.ino, dst.ino]);
         let _flight = self.intend(&[Scope::Range(dst.ino, offset_out, len)])?;
         let src_fresh = self.fresh(src.ino);
         let source = self.members(src_fresh).next();

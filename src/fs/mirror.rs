@@ -38,6 +38,20 @@ pub struct FsOptions {
     pub repair_rate: u64,
     /// Replicas a change must reach to succeed (at least 1).
     pub write_quorum: usize,
+    pub mode: Mode,
+}
+
+/// When a change is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Once every working replica applied it.
+    Sync,
+    /// Once the primary applied it; the others apply writes from their lanes.
+    Async {
+        max_lag: crate::fs::lanes::MaxLag,
+        /// fsync waits for every replica, not the primary alone.
+        fsync_all: bool,
+    },
 }
 
 /// What a replica that diverged is out of sync for.
@@ -122,13 +136,23 @@ pub struct MirrorFs {
     pub(crate) journal: Mutex<crate::fs::record::Journal>,
     /// Changes under way, by the epoch of their intents.
     pub(crate) flights: Arc<crate::fs::intent::Flights>,
+    /// In async mode, the queue of each replica.
+    pub(crate) lanes: Option<Arc<crate::fs::lanes::Lanes>>,
 }
 
 impl MirrorFs {
     pub fn new(replicas: Vec<Replica>, options: FsOptions, set: MirrorSet) -> MirrorFs {
         let repair = crate::fs::repair::Repair::new(options.repair_rate);
         let ids = (0..replicas.len()).map(|i| set.state(i).replica).collect();
+        let lanes = match options.mode {
+            Mode::Async { max_lag, .. } => Some(Arc::new(crate::fs::lanes::Lanes::new(
+                replicas.len(),
+                max_lag,
+            ))),
+            Mode::Sync => None,
+        };
         MirrorFs {
+            lanes,
             journal: Mutex::new(crate::fs::record::Journal::new(ids)),
             replicas,
             set,
@@ -423,6 +447,7 @@ impl MirrorFs {
     /// The mount goes away: flush every replica's filesystem and record which replicas
     /// end the session in sync.
     pub fn shut_down(&self) {
+        self.drain_lanes();
         self.sync_replicas();
         let tracked = self.sync_journals();
         let marked = self

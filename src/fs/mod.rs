@@ -10,6 +10,7 @@ pub mod fuse_adapter;
 pub mod handles;
 pub mod inode;
 pub mod intent;
+pub mod lanes;
 pub mod mirror;
 pub mod namespace;
 pub mod object;

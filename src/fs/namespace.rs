@@ -117,7 +117,12 @@ impl MirrorFs {
             let t = self.table();
             let all = self.active();
             let dir = t.fresh_entries(parent, all);
-            t.child(parent, name).map_or(dir, |c| dir & t.fresh(c, all))
+            (t.child(parent, name), dir)
+        };
+        // A known child's size is read from a replica with no write queued for it.
+        let set = match set {
+            (Some(c), dir) => dir & self.readable(c),
+            (None, dir) => dir,
         };
         let (index, st) = self.read_any("lookup", set, Scope::Entries(parent), |r| {
             let dir = self.dir_fd(r, parent)?;

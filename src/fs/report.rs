@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::fs::mirror::{MirrorFs, divergence_reason};
 use crate::status::{
-    FailureInfo, LastError, MirrorStatus, OUT_OF_SYNC_LISTED, OutOfSync, ReplicaState,
+    FailureInfo, LagStatus, LastError, MirrorStatus, OUT_OF_SYNC_LISTED, OutOfSync, ReplicaState,
     ReplicaStatus,
 };
 
@@ -84,6 +84,12 @@ impl MirrorFs {
                     free_bytes: r.free_bytes(),
                     pending_files: self.repair.pending(r.index).0,
                     pending_bytes: self.repair.pending(r.index).1,
+                    lag: self.lag(r.index).map(|l| LagStatus {
+                        operations: l.jobs,
+                        bytes: l.bytes,
+                        oldest_seconds: l.oldest.as_secs_f64(),
+                        trips: l.trips,
+                    }),
                 }
             })
             .collect();
@@ -101,6 +107,12 @@ impl MirrorFs {
         MirrorStatus {
             mount_point: mount_point.to_path_buf(),
             pid: std::process::id(),
+            mode: if self.lanes.is_some() {
+                "async"
+            } else {
+                "sync"
+            }
+            .into(),
             replicas,
             repair: self.repair.status(),
             unavailable,

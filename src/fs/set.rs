@@ -14,7 +14,7 @@
 
 use std::os::fd::AsFd;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use tracing::{info, warn};
 
@@ -33,6 +33,9 @@ pub struct MirrorSet {
     full: AtomicU32,
     /// A read-only mount records nothing.
     read_only: bool,
+    /// In async mode, the replica writes are applied to before they are acknowledged
+    /// (`usize::MAX` in sync mode).
+    primary: AtomicUsize,
 }
 
 fn set_of(roles: &[Role], want: impl Fn(Role) -> bool) -> ReplicaSet {
@@ -44,9 +47,12 @@ fn set_of(roles: &[Role], want: impl Fn(Role) -> bool) -> ReplicaSet {
 }
 
 impl MirrorSet {
-    pub fn new(assembly: &Assembly, read_only: bool) -> MirrorSet {
+    /// The set at the start of a session; in async mode (`queued`) the head is the
+    /// primary.
+    pub fn new(assembly: &Assembly, read_only: bool, queued: bool) -> MirrorSet {
         let in_sync = set_of(&assembly.roles, |r| r == Role::InSync);
         MirrorSet {
+            primary: AtomicUsize::new(if queued { assembly.head } else { usize::MAX }),
             states: Mutex::new(assembly.states.clone()),
             active: AtomicU32::new(set_of(&assembly.roles, |r| r != Role::Full)),
             current: AtomicU32::new(in_sync),
@@ -126,6 +132,7 @@ impl MirrorSet {
         for r in replicas.iter().filter(|r| still & (1 << r.index) != 0) {
             let mut st = head.clone();
             st.replica = states[r.index].replica.clone();
+            st.lags = states[r.index].lags;
             match st.save(r.root().as_fd()) {
                 Ok(()) => states[r.index] = st,
                 Err(e) => warn!(
@@ -137,6 +144,49 @@ impl MirrorSet {
         }
         info!(generation = %head.generation, "in-sync replicas moved to a new generation");
         behind
+    }
+
+    /// In async mode, the replica writes go to first. It stays the primary while it is
+    /// current and working; then the first replica that is takes over, and every working
+    /// replica records whether it lags behind the new primary (after a crash, the source
+    /// is one that does not). `None` in sync mode, or when no replica is current.
+    pub fn primary(&self, replicas: &[Replica]) -> Option<usize> {
+        let p = self.primary.load(Ordering::Acquire);
+        if p == usize::MAX {
+            return None;
+        }
+        let usable = self.current() & self.active();
+        if usable & (1 << p) != 0 {
+            return Some(p);
+        }
+        let next = (0..replicas.len()).find(|i| usable & (1 << i) != 0)?;
+        let mut states = self.states.lock().expect("set lock");
+        if self
+            .primary
+            .compare_exchange(p, next, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            && !self.read_only
+        {
+            info!(replica = %replicas[next].path.display(), "replica is now the primary");
+            for r in replicas
+                .iter()
+                .filter(|r| self.active() & (1 << r.index) != 0)
+            {
+                let mut st = states[r.index].clone();
+                st.lags = r.index != next;
+                if st != states[r.index] {
+                    match st.save(r.root().as_fd()) {
+                        Ok(()) => states[r.index] = st,
+                        Err(e) => warn!(
+                            replica = %r.path.display(),
+                            error = %crate::sys::describe(&e),
+                            "cannot record which replica is the primary"
+                        ),
+                    }
+                }
+            }
+        }
+        Some(self.primary.load(Ordering::Acquire))
     }
 
     /// Replica `index` failed: it takes no reads or writes until it is re-admitted.
@@ -213,6 +263,8 @@ impl MirrorSet {
             let bit = 1 << r.index;
             let st = &mut states[r.index];
             let before = st.clone();
+            // Every queue was applied before a clean shutdown.
+            st.lags = false;
             if current & bit != 0 && marked & bit == 0 {
                 st.clean = true;
             } else if tracked & bit == 0 || full & bit != 0 {
@@ -266,7 +318,7 @@ mod tests {
     fn nothing_is_served_once_no_replica_holding_every_change_takes_part() {
         let dir = tempfile::tempdir().unwrap();
         let rs = replicas(&dir, 2);
-        let set = MirrorSet::new(&assembly(vec![Role::InSync, Role::Behind]), true);
+        let set = MirrorSet::new(&assembly(vec![Role::InSync, Role::Behind]), true, false);
         assert_eq!(set.serving(), 0b11);
         set.deactivate(0);
         set.fell_behind(&rs, 0b01);
@@ -279,7 +331,7 @@ mod tests {
     fn a_replica_due_a_full_comparison_is_not_readmitted_before_it() {
         let dir = tempfile::tempdir().unwrap();
         let rs = replicas(&dir, 2);
-        let set = MirrorSet::new(&assembly(vec![Role::InSync, Role::Full]), true);
+        let set = MirrorSet::new(&assembly(vec![Role::InSync, Role::Full]), true, false);
         set.deactivate(1);
         set.readmit(&rs[1], false);
         assert_eq!(set.active(), 0b01);

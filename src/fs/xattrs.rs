@@ -63,7 +63,7 @@ impl MirrorFs {
     }
 
     pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
-        let _order = self.order(&[ino]);
+        let _order = self.order_drained(&[ino]);
         let _flight = self.intend(&[Scope::Meta(ino)])?;
         let fanned = fanout::apply(&self.replicas, self.fresh(ino), |r| {
             sys::xattr::set(self.object_fd(r, ino)?.as_fd(), name, value, flags)
@@ -79,7 +79,7 @@ impl MirrorFs {
     }
 
     pub fn removexattr(&self, ino: Ino, name: &OsStr) -> io::Result<()> {
-        let _order = self.order(&[ino]);
+        let _order = self.order_drained(&[ino]);
         let _flight = self.intend(&[Scope::Meta(ino)])?;
         let fanned = fanout::apply(&self.replicas, self.fresh(ino), |r| {
             sys::xattr::remove(self.object_fd(r, ino)?.as_fd(), name)

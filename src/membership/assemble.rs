@@ -193,7 +193,12 @@ pub fn assemble(given: &[Given], init: bool, source: Option<&PathBuf>) -> Result
         .copied()
         .filter(|&i| !state(i).needs_full)
         .collect();
-    let Some(&head) = in_sync.first() else {
+    // A replica that may lag behind an async primary is the source only if nothing else is.
+    let preferred = in_sync
+        .iter()
+        .find(|&&i| !state(i).lags)
+        .or(in_sync.first());
+    let Some(&head) = preferred else {
         return Err(format!(
             "no replica given holds the mirror's data: {} must first be compared against a \
              replica that does; give that replica too",
@@ -332,6 +337,7 @@ fn new_mirror(given: &[Given], init: bool, source: Option<usize>) -> Result<Asse
             history: Vec::new(),
             clean: !in_sync,
             needs_full: !in_sync,
+            lags: false,
         });
         roles.push(if in_sync { Role::InSync } else { Role::Full });
     }
@@ -505,6 +511,22 @@ mod tests {
         let mut m = both_with(&unclean);
         resume(&mut m, None);
         assert_eq!(m.roles, vec![Role::InSync, Role::Full]);
+    }
+
+    #[test]
+    fn a_replica_that_may_lag_an_async_primary_is_not_the_head() {
+        let s = set(2);
+        let mut a = s[0].clone();
+        a.lags = true;
+        let mut b = s[0].clone();
+        b.replica = s[1].replica.clone();
+        let m = assemble(
+            &[given("a", Some(a), false), given("b", Some(b), false)],
+            false,
+            None,
+        )
+        .unwrap();
+        assert_eq!(m.head, 1);
     }
 
     #[test]

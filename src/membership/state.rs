@@ -41,6 +41,11 @@ pub struct ReplicaState {
     pub clean: bool,
     /// This replica must be compared in full against a current one before it is used.
     pub needs_full: bool,
+    /// In async mode, a replica other than the primary: it may lack changes the primary
+    /// acknowledged (still queued for it). After a crash, a replica in sync that does not
+    /// lag is the source.
+    #[serde(default)]
+    pub lags: bool,
 }
 
 /// A random 128-bit id as hex.
@@ -72,6 +77,7 @@ impl ReplicaState {
             history: Vec::new(),
             clean: true,
             needs_full: true,
+            lags: false,
         }
     }
 
@@ -188,6 +194,7 @@ mod tests {
             history: vec![],
             clean: true,
             needs_full: false,
+            lags: false,
         }
     }
 

@@ -15,11 +15,13 @@ use std::time::Duration;
 use fuser::{Config, SessionACL};
 use tracing::{error, info, warn};
 
-use crate::cli::MountArgs;
+use crate::cli::{ModeArg, MountArgs};
 use crate::cli_error;
 use crate::control;
 use crate::error::CliError;
 use crate::fs::fuse_adapter::FuseMirror;
+use crate::fs::lanes::MaxLag;
+use crate::fs::mirror::Mode;
 use crate::fs::set::MirrorSet;
 use crate::fs::{FsOptions, MirrorFs};
 use crate::logging::LogFile;
@@ -63,6 +65,9 @@ fn fuse_config(opts: &MountOptions, threads: usize) -> Config {
 /// that applications keep most of it.
 const DEFAULT_REPAIR_RATE: u64 = 100 << 20;
 
+/// Bytes a replica's queue holds at most in async mode unless told otherwise.
+const DEFAULT_MAX_LAG_BYTES: u64 = 256 << 20;
+
 /// The longest cache TTL accepted: a day.
 const MAX_TTL: f64 = 86_400.0;
 
@@ -86,6 +91,31 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         Some(text) => options::parse_rate(text)?,
         None => DEFAULT_REPAIR_RATE,
     };
+    let mode = match args.mode {
+        ModeArg::Sync => {
+            if args.max_lag.is_some() || args.fsync_all {
+                return Err(cli_error!(
+                    "--max-lag and --fsync-all apply to --mode async"
+                ));
+            }
+            Mode::Sync
+        }
+        ModeArg::Async => {
+            if args.write_quorum.is_some() {
+                return Err(cli_error!("--write-quorum applies to --mode sync"));
+            }
+            Mode::Async {
+                max_lag: match &args.max_lag {
+                    Some(text) => options::parse_max_lag(text)?,
+                    None => MaxLag {
+                        bytes: DEFAULT_MAX_LAG_BYTES,
+                        jobs: options::DEFAULT_MAX_LAG_JOBS,
+                    },
+                },
+                fsync_all: args.fsync_all,
+            }
+        }
+    };
     let write_quorum = args.write_quorum.unwrap_or(1);
     if !(1..=plan.replicas.len()).contains(&write_quorum) {
         return Err(cli_error!(
@@ -96,6 +126,7 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
     let fs_options = FsOptions {
         repair_rate,
         write_quorum,
+        mode,
         ttl: Duration::from_secs_f64(ttl),
     };
     let config = fuse_config(&opts, threads);
@@ -115,7 +146,12 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         })?)
     };
     let mut locks = lock::lock_existing(&plan.replicas, &plan.roots)?;
-    let assembly = assemble(&plan, &args)?;
+    let mut assembly = assemble(&plan, &args)?;
+    // In async mode every replica but the primary (the head) may lag behind it.
+    let queued = matches!(fs_options.mode, Mode::Async { .. });
+    for (i, st) in assembly.states.iter_mut().enumerate() {
+        st.lags = queued && i != assembly.head;
+    }
     if !opts.read_only() {
         let recorded = locks
             .create_missing(&plan.replicas, &plan.roots)
@@ -322,7 +358,8 @@ fn start(
             warn!(replica = %path.display(), "replica is not in sync; it is not used until it is repaired");
         }
     }
-    let set = MirrorSet::new(assembly, opts.read_only());
+    let queued = matches!(fs_options.mode, Mode::Async { .. });
+    let set = MirrorSet::new(assembly, opts.read_only(), queued);
     let fs = Arc::new(MirrorFs::new(replicas, fs_options, set));
     fs.resume(&assembly.missed);
     let dev = kernel::mount(&mount_point, &name, opts).map_err(|e| {
@@ -371,6 +408,7 @@ fn start(
     crate::fs::probe::spawn(fs.clone());
     crate::fs::repair::spawn(fs.clone());
     crate::fs::intent::spawn(fs.clone());
+    crate::fs::lanes::spawn(fs.clone());
     watch_signals(signals, mount_point.clone(), log);
     info!(mount_point = %mount_point.display(), replicas = ?paths, "mounted");
     Ok(Mounted {

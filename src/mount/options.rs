@@ -1,6 +1,7 @@
 //! The `-o` mount options: the usual FUSE and VFS ones, two of mirrorfs's own, and the
 //! fstab-only ones that mount(8) passes along and that mean nothing here.
 
+use crate::fs::lanes::MaxLag;
 use fuser::SessionACL;
 
 use crate::cli_error;
@@ -46,6 +47,37 @@ fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, CliError> {
 /// A repair rate in bytes per second: a number with an optional K, M or G suffix
 /// (binary multiples); 0 for no limit.
 pub fn parse_rate(text: &str) -> Result<u64, CliError> {
+    parse_size(text)
+        .ok_or_else(|| cli_error!("repair rate {text:?}: give bytes per second, like 50M"))
+}
+
+/// `--max-lag SIZE[,JOBS]`: bytes (with a K, M or G suffix) and, optionally, jobs a lane
+/// may hold.
+pub fn parse_max_lag(text: &str) -> Result<MaxLag, CliError> {
+    let bad =
+        || cli_error!("max lag {text:?}: give bytes and, optionally, operations, like 256M,65536");
+    let (bytes, jobs) = match text.split_once(',') {
+        Some((b, j)) => (b, Some(j)),
+        None => (text, None),
+    };
+    let bytes = parse_size(bytes).filter(|&b| b > 0).ok_or_else(bad)?;
+    let jobs = match jobs {
+        Some(j) => j
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|&j| j > 0)
+            .ok_or_else(bad)?,
+        None => DEFAULT_MAX_LAG_JOBS,
+    };
+    Ok(MaxLag { bytes, jobs })
+}
+
+/// Operations a lane holds at most unless told otherwise.
+pub const DEFAULT_MAX_LAG_JOBS: u64 = 65_536;
+
+/// A byte count with an optional K, M or G suffix.
+fn parse_size(text: &str) -> Option<u64> {
     let t = text.trim();
     let (digits, shift) = match t.char_indices().last() {
         Some((i, 'K' | 'k')) => (&t[..i], 10),
@@ -57,7 +89,6 @@ pub fn parse_rate(text: &str) -> Result<u64, CliError> {
         .parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(1 << shift))
-        .ok_or_else(|| cli_error!("repair rate {text:?}: give bytes per second, like 50M"))
 }
 
 /// The mount flag an option sets (`true`) or clears (`false`).

@@ -155,3 +155,8 @@ fn crash_loop(args: &[&str]) {
 fn sync_mode_survives_twenty_crashes_with_nothing_fsynced_lost() {
     crash_loop(&[]);
 }
+
+#[test]
+fn async_mode_survives_twenty_crashes_with_nothing_fsynced_lost() {
+    crash_loop(&["--mode", "async"]);
+}

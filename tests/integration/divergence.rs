@@ -95,20 +95,7 @@ fn a_read_error_fails_over_to_another_replica() {
             .delay_us
             .store(2000, std::sync::atomic::Ordering::Relaxed);
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let st = m.status();
-        let latency = |i: usize| {
-            st["daemon"]["replicas"][i]["read_latency_us"]
-                .as_f64()
-                .unwrap()
-        };
-        if (1..3).all(|i| latency(i) > 3.0 * latency(0) + 100.0) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{st}");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    m.wait_slower(&[1, 2], 0);
     m.faults(0).eio_reads.lock().unwrap().insert("f".into());
     assert_eq!(fs::read(m.path("f")).unwrap(), data);
     let (state, paths) = replica_state(&m, 0);

@@ -1,4 +1,5 @@
-//! How changes are acknowledged: the write quorum.
+//! How changes are acknowledged: the write quorum, and async mode's queues (lag shown,
+//! bounded, repaired; reads never older than what was written).
 
 use std::ffi::OsStr;
 use std::fs;
@@ -51,20 +52,28 @@ fn with_a_write_quorum_of_two_one_failure_is_tolerated_and_two_give_eio() {
     m.assert_in_sync();
 }
 
+/// Two replica directories and a mount point, made in `m`'s directory, for mounts that
+/// are expected to be refused.
+fn spare_dirs(m: &Mirror) -> [std::path::PathBuf; 3] {
+    ["x", "y", "mnt2"].map(|d| {
+        let p = m.dir.path().join(d);
+        fs::create_dir(&p).unwrap();
+        p
+    })
+}
+
 #[test]
 fn a_write_quorum_beyond_the_replicas_is_refused() {
     let m = Mirror::new(1);
-    for d in ["x", "y", "mnt2"] {
-        fs::create_dir(m.dir.path().join(d)).unwrap();
-    }
+    let dirs = spare_dirs(&m);
     for n in ["0", "3"] {
         let out = mirrorfs(&[
             OsStr::new("mount"),
             OsStr::new("--write-quorum"),
             OsStr::new(n),
-            m.dir.path().join("x").as_os_str(),
-            m.dir.path().join("y").as_os_str(),
-            m.dir.path().join("mnt2").as_os_str(),
+            dirs[0].as_os_str(),
+            dirs[1].as_os_str(),
+            dirs[2].as_os_str(),
         ]);
         assert_eq!(out.status.code(), Some(1), "--write-quorum {n}");
         let err = String::from_utf8_lossy(&out.stderr);
@@ -72,5 +81,108 @@ fn a_write_quorum_beyond_the_replicas_is_refused() {
             err.contains("write quorum must be from 1 to the number of replicas (2)"),
             "{err}"
         );
+    }
+}
+
+fn lag(m: &Mirror, i: usize) -> serde_json::Value {
+    m.status()["daemon"]["replicas"][i]["lag"].clone()
+}
+
+#[test]
+fn async_lag_is_shown_never_read_bounded_and_repaired() {
+    let m = Mirror::setup(2)
+        .faulty(0)
+        .faulty(1)
+        .args(&["--mode", "async", "--max-lag", "4M,1000"])
+        .mount();
+    assert_eq!(m.status()["daemon"]["mode"], "async");
+    // Replica 0, the primary, is slow at everything, so reads prefer replica 1 ...
+    m.faults(0).delay_us.store(1000, Ordering::Relaxed);
+    m.wait_slower(&[0], 1);
+    // ... while replica 1 is slower still at writing: it falls behind.
+    m.faults(1).write_delay_us.store(30_000, Ordering::Relaxed);
+    let first: Vec<u8> = (0..(2u32 << 20)).map(|i| (i % 251) as u8).collect();
+    fs::write(m.path("f"), &first).unwrap();
+    let l = lag(&m, 1);
+    assert!(l["operations"].as_u64().unwrap() > 0, "{l}");
+    assert!(l["bytes"].as_u64().unwrap() > 0, "{l}");
+    assert!(l["oldest_seconds"].as_f64().unwrap() > 0.0, "{l}");
+    let out = mirrorfs(&[OsStr::new("health"), m.mnt.as_os_str()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(" lag "));
+    // Reading it back never takes the replica that has writes queued for it.
+    let reads_before = m.faults(1).reads.load(Ordering::Relaxed);
+    assert_eq!(fs::read(m.path("f")).unwrap(), first);
+    assert!(lag(&m, 1)["operations"].as_u64().unwrap() > 0);
+    assert_eq!(m.faults(1).reads.load(Ordering::Relaxed), reads_before);
+    // More than 4 MiB queued: the lane trips, the replica is marked and repaired.
+    let second: Vec<u8> = (0..(8u32 << 20)).map(|i| (i % 241) as u8).collect();
+    fs::write(m.path("g"), &second).unwrap();
+    let l = lag(&m, 1);
+    assert!(l["trips"].as_u64().unwrap() >= 1, "{l}");
+    assert!(l["bytes"].as_u64().unwrap() <= 4 << 20, "{l}");
+    assert!(m.log().contains("--max-lag"), "{}", m.log());
+    m.faults(1).write_delay_us.store(0, Ordering::Relaxed);
+    m.faults(0).delay_us.store(0, Ordering::Relaxed);
+    m.wait_in_sync();
+    assert_eq!(lag(&m, 1)["operations"], 0);
+    assert_eq!(fs::read(m.path("g")).unwrap(), second);
+    m.assert_in_sync();
+}
+
+#[test]
+fn mode_options_that_do_not_go_together_are_refused() {
+    let m = Mirror::new(1);
+    let dirs = spare_dirs(&m);
+    for (args, msg) in [
+        (
+            &["--mode", "async", "--write-quorum", "2"][..],
+            "--write-quorum applies to --mode sync",
+        ),
+        (
+            &["--max-lag", "1M"][..],
+            "--max-lag and --fsync-all apply to --mode async",
+        ),
+        (
+            &["--mode", "async", "--max-lag", "lots"][..],
+            "max lag \"lots\"",
+        ),
+    ] {
+        let mut all: Vec<&OsStr> = vec![OsStr::new("mount")];
+        all.extend(args.iter().map(OsStr::new));
+        all.extend(dirs.iter().map(|d| d.as_os_str()));
+        let out = mirrorfs(&all);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(msg), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn async_fsync_flushes_the_primary_or_with_fsync_all_every_replica() {
+    let data: Vec<u8> = (0..(2u32 << 20)).map(|i| (i % 239) as u8).collect();
+    for all in [false, true] {
+        let mut args = vec!["--mode", "async"];
+        if all {
+            args.push("--fsync-all");
+        }
+        let m = Mirror::setup(2).faulty(1).args(&args).mount();
+        m.faults(1).write_delay_us.store(30_000, Ordering::Relaxed);
+        let mut f = fs::File::create(m.path("f")).unwrap();
+        f.write_all(&data).unwrap();
+        f.sync_all().unwrap();
+        let queued = lag(&m, 1)["operations"].as_u64().unwrap();
+        if all {
+            assert_eq!(
+                queued, 0,
+                "--fsync-all returned before replica 1 had the data"
+            );
+            assert_eq!(fs::read(m.replica(1, "f")).unwrap(), data);
+        } else {
+            assert!(queued > 0, "fsync waited for the secondary");
+        }
+        m.faults(1).write_delay_us.store(0, Ordering::Relaxed);
+        drop(f);
+        m.wait_in_sync();
+        m.assert_in_sync();
     }
 }

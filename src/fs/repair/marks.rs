@@ -88,7 +88,8 @@ impl MirrorFs {
             let mut progress = false;
             for (_, ino, index, entries, seq) in work {
                 let t = &self.replicas[index];
-                if t.failure().is_some() {
+                // A job still queued for the file would land after the copy.
+                if t.failure().is_some() || (!entries && self.lags_on(ino, index)) {
                     continue;
                 }
                 let current = {

@@ -30,6 +30,8 @@ pub struct Faults {
     pub dead: AtomicBool,
     /// Latency added to every operation, in microseconds.
     pub delay_us: AtomicU64,
+    /// Latency added to every write, in microseconds.
+    pub write_delay_us: AtomicU64,
     /// Reads served, to see which replica reads went to.
     pub reads: AtomicU64,
 }
@@ -493,6 +495,10 @@ impl Filesystem for FaultFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let us = self.faults.write_delay_us.load(Ordering::Relaxed);
+        if us > 0 {
+            std::thread::sleep(Duration::from_micros(us));
+        }
         match self.with_file(fh, |f| f.write_all_at(data, offset)) {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => reply.error(e),

@@ -276,12 +276,13 @@ impl Mirror {
         }
     }
 
-    /// Waits (up to 60 s) until `mirrorfs health` reports every replica in sync.
+    /// Waits (up to 60 s) until `mirrorfs health` reports every replica in sync, with
+    /// nothing queued for any (async mode).
     pub fn wait_in_sync(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let out = mirrorfs(&[OsStr::new("health"), self.mnt.as_os_str()]);
-            if out.status.code() == Some(0) {
+            if out.status.code() == Some(0) && self.nothing_queued() {
                 return;
             }
             assert!(
@@ -291,6 +292,39 @@ impl Mirror {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Waits (up to 30 s) until the measured read latency of each replica of `slow` is
+    /// well above that of replica `fast` (more than 3 times, plus 0.1 ms), so that reads
+    /// avoid them.
+    pub fn wait_slower(&self, slow: &[usize], fast: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let st = self.status();
+            let latency = |i: usize| {
+                st["daemon"]["replicas"][i]["read_latency_us"]
+                    .as_f64()
+                    .unwrap()
+            };
+            if slow
+                .iter()
+                .all(|&i| latency(i) > 3.0 * latency(fast) + 100.0)
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never measured slower: {st}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// No replica has changes queued (always so in sync mode).
+    fn nothing_queued(&self) -> bool {
+        let st = self.status();
+        st["daemon"]["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["lag"].is_null() || r["lag"]["operations"] == 0)
     }
 
     /// Waits (up to 30 s) until every change made through the mount is settled: nothing
