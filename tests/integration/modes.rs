@@ -186,3 +186,27 @@ fn async_fsync_flushes_the_primary_or_with_fsync_all_every_replica() {
         m.assert_in_sync();
     }
 }
+
+#[test]
+fn a_clean_unmount_leaves_nothing_to_repair_in_either_mode() {
+    for mode in ["sync", "async"] {
+        let mut m = Mirror::setup(2).faulty(1).args(&["--mode", mode]).mount();
+        // In async mode replica 1 is still catching up when the unmount starts.
+        m.faults(1).write_delay_us.store(5_000, Ordering::Relaxed);
+        fs::create_dir(m.path("d")).unwrap();
+        for i in 0..20 {
+            fs::write(m.path(&format!("d/f{i}")), vec![i as u8; 256 << 10]).unwrap();
+        }
+        fs::rename(m.path("d/f0"), m.path("d/g0")).unwrap();
+        m.unmount();
+        m.faults(1).write_delay_us.store(0, Ordering::Relaxed);
+        m.mount();
+        let st = m.status();
+        assert_eq!(st["status"], "OK", "{mode}: {st}");
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let repair = &m.status()["daemon"]["repair"];
+        assert_eq!(repair["files_repaired"], 0, "{mode}: {repair}");
+        assert!(!m.log().contains("did not end cleanly"), "{mode}");
+        m.assert_in_sync();
+    }
+}
