@@ -109,16 +109,24 @@ fn write_until_killed(log: PathBuf, misc: PathBuf, durable: Arc<AtomicU64>, stop
     }
 }
 
-fn crash_loop(args: &[&str]) {
+/// Runs the crash loop on a mirror mounted with `args`. With `slow_secondary`, replica 1
+/// is a fault filesystem whose writes take 1 ms more while the writer runs, so that in
+/// async mode its queue holds writes when the daemon dies.
+fn crash_loop(args: &[&str], slow_secondary: bool) {
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
     println!("seed {seed}");
     let mut rng = Rng(seed);
-    let mut m = Mirror::with_args(2, args);
+    let mut m = if slow_secondary {
+        Mirror::setup(2).faulty(1).args(args).mount()
+    } else {
+        Mirror::with_args(2, args)
+    };
     fs::create_dir(m.path("misc")).unwrap();
     let mut durable_counts = Vec::new();
+    let mut lagging_at_crash = 0;
     for cycle in 0..CYCLES {
         let durable = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -127,8 +135,18 @@ fn crash_loop(args: &[&str]) {
             let (durable, stop) = (durable.clone(), stop.clone());
             std::thread::spawn(move || write_until_killed(log, misc, durable, stop))
         };
+        if slow_secondary {
+            m.faults(1).write_delay_us.store(1000, Ordering::Relaxed);
+        }
         std::thread::sleep(Duration::from_millis(100 + rng.next(500)));
+        let lag = &m.status()["daemon"]["replicas"][1]["lag"]["operations"];
+        if lag.as_u64().unwrap_or(0) > 0 {
+            lagging_at_crash += 1;
+        }
         m.kill_daemon();
+        if slow_secondary {
+            m.faults(1).write_delay_us.store(0, Ordering::Relaxed);
+        }
         stop.store(true, Ordering::Relaxed);
         writer.join().unwrap();
         durable_counts.push(durable.load(Ordering::SeqCst));
@@ -149,14 +167,20 @@ fn crash_loop(args: &[&str]) {
         durable_counts.iter().filter(|&&c| c > 0).count() > CYCLES / 2,
         "the writer rarely got as far as an fsync: {durable_counts:?}"
     );
+    if slow_secondary {
+        assert!(
+            lagging_at_crash > CYCLES / 2,
+            "replica 1 had writes queued at only {lagging_at_crash} crashes"
+        );
+    }
 }
 
 #[test]
 fn sync_mode_survives_twenty_crashes_with_nothing_fsynced_lost() {
-    crash_loop(&[]);
+    crash_loop(&[], false);
 }
 
 #[test]
-fn async_mode_survives_twenty_crashes_with_nothing_fsynced_lost() {
-    crash_loop(&["--mode", "async"]);
+fn async_mode_survives_twenty_crashes_with_writes_queued_and_nothing_fsynced_lost() {
+    crash_loop(&["--mode", "async"], true);
 }
