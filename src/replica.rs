@@ -121,6 +121,12 @@ impl Replica {
         self.root.read().expect("root lock").clone()
     }
 
+    /// Flushes the replica's filesystem to disk.
+    pub fn syncfs(&self) -> io::Result<()> {
+        let root = sys::reopen(self.root().as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        sys::syncfs(root.as_fd())
+    }
+
     /// Serves the replica from a new root directory (its filesystem came back), holding
     /// `lock` on it; every cached descriptor of the old one is dropped.
     pub fn replace_root(&self, root: OwnedFd, lock: OwnedFd) {

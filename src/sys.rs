@@ -395,6 +395,15 @@ pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
     .map(drop)
 }
 
+/// Flushes a directory (given by any descriptor of it, `O_PATH` included) to disk: its
+/// entries and attributes.
+pub fn fsync_dir(dir: BorrowedFd<'_>) -> io::Result<()> {
+    fsync(
+        reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY)?.as_fd(),
+        false,
+    )
+}
+
 pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: valid fd.
     check(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(drop)

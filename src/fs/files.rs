@@ -113,7 +113,7 @@ impl MirrorFs {
         if writable || truncate {
             let _order = truncate.then(|| self.order_drained(&[ino]));
             let _flight = truncate
-                .then(|| self.intend(&[Scope::Meta(ino)]))
+                .then(|| self.intend(&[Scope::Range(ino, 0, u64::MAX)]))
                 .transpose()?;
             let oflags = bflags | if truncate { libc::O_TRUNC } else { 0 };
             let fanned = fanout::apply(&self.replicas, self.fresh(ino), |r| {
@@ -305,10 +305,12 @@ impl MirrorFs {
         if !h.wrote.swap(false, Ordering::Relaxed) {
             return;
         }
+        let retry_later = || h.wrote.store(true, Ordering::Relaxed);
         // The source holds every write to the file: in async mode, the primary.
         let (_order, _) = self.order_for_write(h.ino);
         let set = self.fresh(h.ino);
         let Ok(flight) = self.intend(&[Scope::Meta(h.ino)]) else {
+            retry_later();
             return;
         };
         let Some(&source) = self.write_order(set).first() else {
@@ -354,8 +356,9 @@ impl MirrorFs {
             Mode::Async {
                 fsync_all: false, ..
             } => {
+                // The primary: the replica the file's writes went to first.
                 let set = self.readable(h.ino);
-                set & set.wrapping_neg()
+                self.write_order(set).first().map_or(0, |r| 1 << r.index)
             }
             Mode::Async { .. } => {
                 self.drain_ino(h.ino);
@@ -367,6 +370,11 @@ impl MirrorFs {
             sys::fsync(self.handle_fd(&h, r)?.as_fd(), datasync)
         });
         self.diverged("fsync", &fanned.diverged, &[Scope::Data(h.ino)]);
+        let flushed = fanned.succeeded().count_ones() as usize;
+        if fanned.verdict.is_ok() && flushed < self.options.write_quorum {
+            // Fewer durable copies than the quorum promises.
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
         fanned.verdict.map(drop)
     }
 

@@ -19,7 +19,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use fuser::FileType;
-use std::os::fd::AsFd;
 use tracing::warn;
 
 use crate::fs::chunks::{Chunks, chunks_of};
@@ -239,7 +238,7 @@ impl MirrorFs {
     /// epoch covers it already). The change is under way until the returned flight is
     /// dropped. Fails with EIO when fewer replicas than the write quorum take part.
     pub(crate) fn intend(&self, scopes: &[Scope]) -> std::io::Result<Flight> {
-        self.check_quorum()?;
+        self.check_quorum(scopes)?;
         let mut j = self.journal();
         if !self.set.read_only() {
             let records = j.intents.add(&self.table(), scopes);
@@ -264,8 +263,7 @@ impl MirrorFs {
         };
         self.flights.wait(epoch);
         for r in self.members(self.active()) {
-            let synced = sys::reopen(r.root().as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
-                .and_then(|fd| sys::syncfs(fd.as_fd()));
+            let synced = r.syncfs();
             if let Err(e) = synced {
                 warn!(
                     replica = %r.path.display(),

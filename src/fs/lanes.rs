@@ -304,19 +304,16 @@ impl MirrorFs {
         self.fresh(ino)
     }
 
-    /// The order locks of `inos`, taken once no lane has a job queued for them: a change
-    /// that is not queued must reach every replica after the queued ones.
+    /// The order locks of `inos`, returned once no lane has a job queued for them: a
+    /// change that is not queued must reach every replica after the queued ones. The
+    /// locks are taken first (jobs take none), so a steady writer cannot keep the queue
+    /// from emptying.
     pub(crate) fn order_drained(&self, inos: &[Ino]) -> crate::fs::mirror::OrderGuards<'_> {
-        let Some(lanes) = self.async_lanes() else {
-            return self.order(inos);
-        };
-        loop {
+        let guards = self.order(inos);
+        if let Some(lanes) = self.async_lanes() {
             lanes.drain(inos);
-            let guards = self.order(inos);
-            if inos.iter().all(|&ino| lanes.lagging(ino) == 0) {
-                return guards;
-            }
         }
+        guards
     }
 
     /// The replicas of `fresh` in the order a write tries them: in async mode the primary
@@ -332,33 +329,28 @@ impl MirrorFs {
         order
     }
 
-    /// The order lock of `ino` for a write, taken (in async mode) once the replica the
+    /// The order lock of `ino` for a write, returned (in async mode) once the replica the
     /// write goes to first has no job queued for it; and the replicas with jobs queued
     /// for it, which get the write queued too.
     pub(crate) fn order_for_write(
         &self,
         ino: Ino,
     ) -> (crate::fs::mirror::OrderGuards<'_>, ReplicaSet) {
+        let guards = self.order(&[ino]);
         let Some(lanes) = self.async_lanes() else {
-            return (self.order(&[ino]), 0);
+            return (guards, 0);
         };
-        loop {
-            let guards = self.order(&[ino]);
-            let lagging = lanes.lagging(ino);
-            match self.write_order(self.fresh(ino)).first() {
-                Some(first) if lagging & (1 << first.index) != 0 => {
-                    drop(guards);
-                    lanes.drain(&[ino]);
-                }
-                _ => return (guards, lagging),
-            }
+        if let Some(first) = self.write_order(self.fresh(ino)).first()
+            && lanes.lagging(ino) & (1 << first.index) != 0
+        {
+            lanes.drain(&[ino]);
         }
+        (guards, lanes.lagging(ino))
     }
 
-    /// Whether replica `index` has a job queued (or running) for `ino`.
-    pub(crate) fn lags_on(&self, ino: Ino, index: usize) -> bool {
-        self.async_lanes()
-            .is_some_and(|l| l.lagging(ino) & (1 << index) != 0)
+    /// The replicas with a job queued (or running) for `ino`.
+    pub(crate) fn lagging(&self, ino: Ino) -> ReplicaSet {
+        self.async_lanes().map_or(0, |l| l.lagging(ino))
     }
 
     /// Waits until no lane has a job queued for `ino`.

@@ -407,10 +407,20 @@ impl MirrorFs {
         Ok(())
     }
 
-    /// Refuses a change (EIO) before it starts when fewer replicas than the write quorum
-    /// could take it.
-    pub(crate) fn check_quorum(&self) -> io::Result<()> {
-        if (self.active().count_ones() as usize) < self.options.write_quorum {
+    /// Refuses a change to `scopes` (EIO) before it starts when fewer replicas than the
+    /// write quorum are current for all it touches.
+    pub(crate) fn check_quorum(&self, scopes: &[Scope]) -> io::Result<()> {
+        if self.options.write_quorum <= 1 {
+            return Ok(());
+        }
+        let targets = {
+            let t = self.table();
+            let all = self.active();
+            scopes
+                .iter()
+                .fold(all, |set, s| set & t.fresh(s.ino(), all))
+        };
+        if (targets.count_ones() as usize) < self.options.write_quorum {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         Ok(())
@@ -461,8 +471,7 @@ impl MirrorFs {
     /// Flushes every replica's filesystem.
     fn sync_replicas(&self) {
         for r in &self.replicas {
-            let synced = sys::reopen(r.root().as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
-                .and_then(|fd| sys::syncfs(fd.as_fd()));
+            let synced = r.syncfs();
             if let Err(e) = synced {
                 warn!(replica = %r.path.display(), error = %e, "syncfs failed");
             }

@@ -431,7 +431,16 @@ impl MirrorFs {
         let moved: Vec<Ino> = moving.into_iter().chain(displaced).collect();
         let _names = self.rename_guard(&moved);
         let _moving = dir_moves.then(|| self.namespace_change());
-        let _flight = self.intend(&[Scope::Entries(parent), Scope::Entries(new_parent)])?;
+        // A crash half-way through a rename over a name (or an exchange) leaves a name that
+        // holds different objects on different replicas: both objects are compared whole,
+        // under the displaced node's path (until the rename is journaled) and under the
+        // moving node's (which the journal and its snapshots follow).
+        let mut intents = vec![Scope::Entries(parent), Scope::Entries(new_parent)];
+        if displaced.is_some() {
+            intents.extend(displaced.map(Scope::Data));
+            intents.extend(moving.map(Scope::Data));
+        }
+        let _flight = self.intend(&intents)?;
         let fanned: Fanned<()> = fanout::combine(
             dirs.into_iter()
                 .map(|(i, fds)| {

@@ -220,7 +220,10 @@ impl MirrorFs {
                 to: RecPath(to),
                 exchange,
             };
-            self.append(&mut j, vec![rec]);
+            // Intents made under the old names must be found under the new ones after a
+            // crash.
+            let durably = j.intents.open();
+            self.append_records(&mut j, vec![rec], durably);
         }
         gone
     }

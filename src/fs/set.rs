@@ -168,21 +168,21 @@ impl MirrorSet {
             && !self.read_only
         {
             info!(replica = %replicas[next].path.display(), "replica is now the primary");
-            for r in replicas
-                .iter()
-                .filter(|r| self.active() & (1 << r.index) != 0)
-            {
-                let mut st = states[r.index].clone();
-                st.lags = r.index != next;
-                if st != states[r.index] {
-                    match st.save(r.root().as_fd()) {
-                        Ok(()) => states[r.index] = st,
-                        Err(e) => warn!(
-                            replica = %r.path.display(),
-                            error = %crate::sys::describe(&e),
-                            "cannot record which replica is the primary"
-                        ),
-                    }
+            for r in replicas {
+                let lags = r.index != next;
+                if states[r.index].lags == lags {
+                    continue;
+                }
+                // A replica not working now records it when it catches up.
+                states[r.index].lags = lags;
+                if self.active() & (1 << r.index) != 0
+                    && let Err(e) = states[r.index].save(r.root().as_fd())
+                {
+                    warn!(
+                        replica = %r.path.display(),
+                        error = %crate::sys::describe(&e),
+                        "cannot record which replica is the primary"
+                    );
                 }
             }
         }

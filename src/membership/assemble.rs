@@ -207,6 +207,18 @@ pub fn assemble(given: &[Given], init: bool, source: Option<&PathBuf>) -> Result
     };
 
     let head_state = state(head);
+    if head_state.lags && !head_state.clean {
+        // Async mode ended in a crash, and the primary is not given: the head may lack
+        // writes the primary acknowledged.
+        return Err(format!(
+            "replica {} may lag behind the primary of the last (async) session, which did \
+             not end cleanly and is not given; mount with the primary too, or, if it is \
+             lost, accept what {} holds with `mirrorfs repair --source {} OTHER...`",
+            show(&given[head]),
+            show(&given[head]),
+            show(&given[head])
+        ));
+    }
     let mut members = head_state.members.clone();
     for &i in &stateful {
         if !members.contains(&state(i).replica) {
@@ -521,12 +533,19 @@ mod tests {
         let mut b = s[0].clone();
         b.replica = s[1].replica.clone();
         let m = assemble(
-            &[given("a", Some(a), false), given("b", Some(b), false)],
+            &[
+                given("a", Some(a.clone()), false),
+                given("b", Some(b), false),
+            ],
             false,
             None,
         )
         .unwrap();
         assert_eq!(m.head, 1);
+        // After a crash, without the primary, it is refused.
+        a.clean = false;
+        let e = assemble(&[given("a", Some(a), false)], false, None).unwrap_err();
+        assert!(e.contains("may lag behind the primary"), "{e}");
     }
 
     #[test]
@@ -631,7 +650,8 @@ mod tests {
 pub fn choose_source(source: &Given, others: &[Given]) -> Result<Vec<ReplicaState>, String> {
     let Some(src) = &source.state else {
         return Err(format!(
-            "replica {} is not part of a mirror (it has no metadata); to build one from it,              mount with --init",
+            "replica {} is not part of a mirror (it has no metadata); to build one from it, \
+             mount with --init",
             show(source)
         ));
     };
@@ -647,6 +667,7 @@ pub fn choose_source(source: &Given, others: &[Given]) -> Result<Vec<ReplicaStat
     }
     let mut head = src.clone();
     head.needs_full = false;
+    head.lags = false;
     let mut out = Vec::new();
     for o in others {
         let mut st = match &o.state {

@@ -184,3 +184,38 @@ fn sync_mode_survives_twenty_crashes_with_nothing_fsynced_lost() {
 fn async_mode_survives_twenty_crashes_with_writes_queued_and_nothing_fsynced_lost() {
     crash_loop(&["--mode", "async"], true);
 }
+
+#[test]
+fn a_crash_half_way_through_a_rename_over_a_file_is_repaired() {
+    let mut m = Mirror::setup(2).faulty(1).mount();
+    fs::write(m.path("target"), b"old contents").unwrap();
+    fs::write(m.path("tmp"), b"new contents, saved by write-and-rename").unwrap();
+    m.wait_settled();
+    // Replica 1 answers each operation a second late, so the daemon dies after replica
+    // 0 renamed and before replica 1 did; its pending operation then fails.
+    m.faults(1).delay_us.store(1_000_000, Ordering::Relaxed);
+    let renamer = {
+        let (from, to) = (m.path("tmp"), m.path("target"));
+        std::thread::spawn(move || fs::rename(from, to))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while m.replica(0, "tmp").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: killing the test's own daemon.
+    unsafe { libc::kill(m.pid().unwrap() as i32, libc::SIGKILL) };
+    m.faults(1).dead.store(true, Ordering::Relaxed);
+    m.kill_daemon();
+    let _ = renamer.join().unwrap();
+    m.faults(1).delay_us.store(0, Ordering::Relaxed);
+    m.faults(1).dead.store(false, Ordering::Relaxed);
+    assert!(!m.replica(0, "tmp").exists(), "replica 0 never renamed");
+    assert_eq!(fs::read(m.replica(1, "target")).unwrap(), b"old contents");
+    m.mount();
+    m.wait_in_sync();
+    m.assert_in_sync();
+    assert_eq!(
+        fs::read(m.path("target")).unwrap(),
+        b"new contents, saved by write-and-rename"
+    );
+}

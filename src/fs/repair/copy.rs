@@ -126,7 +126,9 @@ pub fn install(
     dir: BorrowedFd<'_>,
     name: &OsStr,
 ) -> io::Result<()> {
-    sys::renameat2(from, from_name, dir, name, 0)
+    sys::renameat2(from, from_name, dir, name, 0)?;
+    // On disk before the repair is recorded as done.
+    sys::fsync_dir(dir)
 }
 
 /// Moves `dir/name` out of a replica's tree into its trash and deletes it there.
@@ -134,6 +136,7 @@ pub fn discard(root: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> io::R
     let trash = meta_subdir(root, TRASH_DIR)?;
     let gone = OsString::from(new_id());
     sys::renameat2(dir, name, trash.as_fd(), &gone, 0)?;
+    sys::fsync_dir(dir)?;
     remove_tree(trash.as_fd(), &gone)
 }
 

@@ -88,8 +88,10 @@ impl MirrorFs {
             let mut progress = false;
             for (_, ino, index, entries, seq) in work {
                 let t = &self.replicas[index];
-                // A job still queued for the file would land after the copy.
-                if t.failure().is_some() || (!entries && self.lags_on(ino, index)) {
+                // A job still queued for the file would land after the copy (on the
+                // target), or is missing from what would be copied (on a source).
+                let lagging = if entries { 0 } else { self.lagging(ino) };
+                if t.failure().is_some() || lagging & (1 << index) != 0 {
                     continue;
                 }
                 let current = {
@@ -101,7 +103,8 @@ impl MirrorFs {
                         table.fresh(ino, active)
                     }
                 };
-                let Some(s) = self.members(current & sources & !(1 << index)).next() else {
+                let candidates = current & sources & !(1 << index) & !lagging;
+                let Some(s) = self.write_order(candidates).into_iter().next() else {
                     continue;
                 };
                 let done = if entries {
@@ -188,6 +191,7 @@ impl MirrorFs {
                 libc::O_RDONLY | libc::O_DIRECTORY,
             ))?;
             tgt(want.apply_to(&Object::Fd(root.as_fd())))?;
+            tgt(sys::fsync(root.as_fd(), false))?;
             return Ok(if whole { Next::Listing } else { Next::Done });
         }
         match kind {
@@ -226,7 +230,12 @@ impl MirrorFs {
                 }
                 None => sys::mkdirat(d, n, 0o700)?,
             }
-            want.apply_to(&Object::At(d, n))
+            want.apply_to(&Object::At(d, n))?;
+            sys::fsync(
+                sys::openat(d, n, libc::O_RDONLY | libc::O_DIRECTORY, 0)?.as_fd(),
+                false,
+            )?;
+            sys::fsync_dir(d)
         }))
     }
 
@@ -238,7 +247,10 @@ impl MirrorFs {
             h.kind() == want.kind() && h.target == want.target && h.st.st_rdev == want.st.st_rdev
         });
         if same_object {
-            return tgt(self.with_name(t, ino, |d, n| want.apply_to(&Object::At(d, n))));
+            return tgt(self.with_name(t, ino, |d, n| {
+                want.apply_to(&Object::At(d, n))?;
+                sys::fsync_dir(d)
+            }));
         }
         let (tmp, name) = tgt(copy::temp(t.root().as_fd()))?;
         tgt(copy::make_leaf(tmp.as_fd(), &name, &want))?;
@@ -338,7 +350,9 @@ impl MirrorFs {
         let size = src(sys::fstat(from.as_fd()))?.st_size as u64;
         tgt(sys::ftruncate(to.as_fd(), size))?;
         let want = src(self.with_name(s, ino, |d, n| Snapshot::of(&Object::At(d, n))))?;
-        tgt(want.apply_to(&Object::Fd(to.as_fd())))
+        tgt(want.apply_to(&Object::Fd(to.as_fd())))?;
+        // On disk before the repair is recorded as done.
+        tgt(sys::fsync(to.as_fd(), false))
     }
 
     /// Every other known name of a file repaired on `t` becomes (again) a link of the

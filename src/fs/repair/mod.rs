@@ -275,6 +275,23 @@ impl MirrorFs {
         set
     }
 
+    /// Flushes `r`'s filesystem, so that what repair copied is on disk before the replica
+    /// is recorded as in sync.
+    fn flushed(&self, r: &Replica) -> bool {
+        let synced = r.syncfs();
+        match synced {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(
+                    replica = %r.path.display(),
+                    error = %crate::sys::describe(&e),
+                    "cannot flush the replica's filesystem; it stays out of sync"
+                );
+                false
+            }
+        }
+    }
+
     /// Replicas repair may write to: not failed.
     fn repairable(&self) -> impl Iterator<Item = &Replica> {
         self.replicas.iter().filter(|r| r.failure().is_none())
@@ -309,7 +326,12 @@ impl MirrorFs {
         }
         self.repair.begin(files, bytes, pending);
         for r in self.repairable().filter(|r| full & (1 << r.index) != 0) {
-            if let Some(s) = self.members(sources).find(|s| s.index != r.index) {
+            // In async mode the primary first: it has no writes queued.
+            if let Some(&s) = self
+                .write_order(sources)
+                .iter()
+                .find(|s| s.index != r.index)
+            {
                 self.compare_in_full(s, r);
             }
         }
@@ -318,6 +340,8 @@ impl MirrorFs {
             let bit = 1 << r.index;
             if self.set.current() & bit == 0
                 && self.set.needs_full() & bit == 0
+                && !self.has_marks(r.index)
+                && self.flushed(r)
                 && self.caught_up(r)
             {
                 info!(replica = %r.path.display(), "replica is in sync again");
