@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Measures mirrorfs side by side with the physical limit, in one run: the same workloads
-# on every target, interleaved (A B A B ...) so that machine drift hits all targets
-# alike. Prints, per workload, the median of the rounds and ratios to native2.
+# Measures mirrorfs side by side with the physical limit and with the FUSE filesystems
+# users would otherwise pick, in one run: the same workloads on every target, interleaved
+# (A B A B ...) so that machine drift hits all targets alike. Prints, per workload, the
+# median of the rounds and the ratios mirrorfs's targets are judged by.
 #
 # Targets:
 #   native          one plain directory
@@ -9,67 +10,75 @@
 #                   limit of a 2-way mirror on this disk); figures are per copy
 #   mirrorfs-sync   a 2-replica mirror, --mode sync
 #   mirrorfs-async  a 2-replica mirror, --mode async
+#   bindfs          bindfs over one directory (a mature single-copy FUSE passthrough)
+#   mergerfs        mergerfs over one directory (a popular FUSE union), default options
 # Workloads:
-#   seqwrite   fio, sequential 1 MiB writes, fsync at the end (MiB/s)
-#   randwrite  fio, 4 KiB random writes, one job, time-bound (IOPS)
-#   create     5,000 files of 4 KiB in 50 directories, one process (files/s)
+#   seqwrite             fio, sequential 1 MiB writes, fsync at the end (MiB/s)
+#   seqread-cold/-warm   fio, reading that file back after dropping caches, then again
+#   randwrite-1/-4       fio, 4 KiB random writes, 1 or 4 jobs, time-bound (IOPS)
+#   randread-1/-4        fio, 4 KiB random reads of that file (IOPS)
+#   create/stat/rename/unlink   of N files in nested directories, one process (files/s)
+#   untar, rm            a generated source-like tree (~7,300 entries, ~70 MB), seconds
 #
-# Usage: scripts/bench.sh [--quick] [--rounds N] [--dir DIR]
-#   --quick   smaller sizes and one round fewer (about a minute)
-#   --dir     where replicas and native directories go (default /var/tmp/mirrorfs-bench;
-#             it must be on the disk you want to measure, not tmpfs)
+# Usage: scripts/bench.sh [--quick] [--rounds N] [--dir DIR] [--targets "A B ..."]
+#   --quick   one round at smaller sizes (about 2 minutes)
+#   --dir     where everything goes (default /var/tmp/mirrorfs-bench; it must be on the
+#             disk to measure, not tmpfs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=0
 rounds=3
 base=/var/tmp/mirrorfs-bench
+targets="native native2 mirrorfs-sync mirrorfs-async bindfs mergerfs"
 while (($#)); do
   case "$1" in
-    --quick) quick=1; rounds=2 ;;
+    --quick) quick=1 ;;
     --rounds) rounds="$2"; shift ;;
     --dir) base="$2"; shift ;;
+    --targets) targets="$2"; shift ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
 if ((EUID != 0)); then
-  echo "bench: run as root (it mounts FUSE filesystems)" >&2
+  echo "bench: run as root (it mounts FUSE filesystems and drops caches)" >&2
   exit 1
 fi
 if ((quick)); then
-  seq_size=256M; rand_size=64M; rand_time=4
+  seq_size=256M; rand_size=64M; rand_time=2; meta_files=2000; tree_scale=0.25
+  ((rounds > 1)) && rounds=1
 else
-  seq_size=1G; rand_size=256M; rand_time=8
+  seq_size=2G; rand_size=256M; rand_time=3; meta_files=20000; tree_scale=1
 fi
 
-scripts/setup.sh
-if ! command -v fio >/dev/null; then
-  echo "bench: installing fio" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio >/dev/null
-fi
+scripts/setup.sh fio bindfs mergerfs
 cargo build --release --quiet
 bin="$PWD/target/release/mirrorfs"
+helpers="$PWD/scripts/bench"
 
-rm -rf "$base"
 mkdir -p "$base"
+for m in "$base"/*/mnt; do
+  mountpoint -q "$m" 2>/dev/null && umount -l "$m"
+done
+rm -rf "${base:?}"/*
 results="$base/results"
 : >"$results"
-mounted=()
 cleanup() {
-  for m in "${mounted[@]}"; do
-    "$bin" umount "$m" >/dev/null 2>&1 || umount -l "$m" 2>/dev/null || true
+  for m in "$base"/*/mnt; do
+    mountpoint -q "$m" 2>/dev/null && umount -l "$m"
   done
+  return 0
 }
 trap cleanup EXIT
 
-# Prepares target $1 for a run and prints the directories the workload runs in (two for
+python3 "$helpers/tree.py" "$base/tree.tar" "$tree_scale"
+
+# Makes a fresh target $1 and prints the directories a workload runs in (two for
 # native2).
 prepare() {
   local t="$1" d="$base/$1"
-  if [[ -d "$d/mnt" ]] && mountpoint -q "$d/mnt"; then
-    "$bin" umount "$d/mnt" >/dev/null
-  fi
+  finish "$t"
   rm -rf "$d"
   case "$t" in
     native) mkdir -p "$d/a"; echo "$d/a" ;;
@@ -77,99 +86,94 @@ prepare() {
     mirrorfs-*)
       mkdir -p "$d/r1" "$d/r2" "$d/mnt"
       "$bin" mount --mode "${t#mirrorfs-}" --log-file "$d/log" "$d/r1" "$d/r2" "$d/mnt"
-      mounted+=("$d/mnt")
+      echo "$d/mnt" ;;
+    bindfs)
+      mkdir -p "$d/src" "$d/mnt"
+      bindfs "$d/src" "$d/mnt"
+      echo "$d/mnt" ;;
+    mergerfs)
+      mkdir -p "$d/src" "$d/mnt"
+      mergerfs "$d/src" "$d/mnt"
       echo "$d/mnt" ;;
   esac
 }
 
+# Unmounts target $1 if it is mounted.
 finish() {
-  local d="$base/$1"
-  if [[ -d "$d/mnt" ]] && mountpoint -q "$d/mnt"; then
-    "$bin" umount "$d/mnt" >/dev/null
+  local m="$base/$1/mnt"
+  if mountpoint -q "$m" 2>/dev/null; then
+    if [[ "$1" == mirrorfs-* ]]; then "$bin" umount "$m" >/dev/null; else umount "$m"; fi
   fi
-  sync
 }
 
-# Runs workload $1 in each directory given (at once) and prints the mean per directory.
-run() {
-  local w="$1"; shift
-  local pids=() outs=() i=0
-  for dir in "$@"; do
-    local out="$base/out.$i"
-    outs+=("$out")
-    case "$w" in
-      seqwrite)
-        fio --name=seq --directory="$dir" --rw=write --bs=1M --size="$seq_size" \
-          --ioengine=psync --end_fsync=1 --output-format=json >"$out" & ;;
-      randwrite)
-        fio --name=rand --directory="$dir" --rw=randwrite --bs=4k --size="$rand_size" \
-          --ioengine=psync --time_based --runtime="$rand_time" --output-format=json \
-          >"$out" & ;;
-      create)
-        python3 - "$dir" >"$out" <<'EOF' &
-import os, sys, time
-d = sys.argv[1]
-data = b"x" * 4096
-t = time.monotonic()
-for i in range(50):
-    os.mkdir(f"{d}/d{i}")
-    for j in range(100):
-        with open(f"{d}/d{i}/f{j}", "wb") as f:
-            f.write(data)
-print(5000 / (time.monotonic() - t))
-EOF
-        ;;
-    esac
+drop_caches() {
+  sync
+  echo 3 >/proc/sys/vm/drop_caches
+}
+
+fio_job() {
+  local dir="$1" out="$2"; shift 2
+  fio --name=job --directory="$dir" --ioengine=psync --output-format=json "$@" >"$out"
+}
+
+# Workload steps: each takes a directory and an output path prefix.
+seqwrite() {
+  fio_job "$1" "$2.seqwrite" --rw=write --bs=1M --size="$seq_size" --filename=seq.dat \
+    --end_fsync=1
+}
+seqread() {
+  fio_job "$1" "$2.seqread-$3" --rw=read --bs=1M --size="$seq_size" --filename=seq.dat
+}
+seqread_cold() { seqread "$1" "$2" cold; }
+seqread_warm() { seqread "$1" "$2" warm; }
+rand() {
+  fio_job "$1" "$2.rand$3-$4" --rw="rand$3" --bs=4k --size="$rand_size" --filename=rand.dat \
+    --numjobs="$4" --group_reporting --time_based --runtime="$rand_time"
+}
+randwrite_1() { rand "$1" "$2" write 1; }
+randread_1() { rand "$1" "$2" read 1; }
+randwrite_4() { rand "$1" "$2" write 4; }
+randread_4() { rand "$1" "$2" read 4; }
+meta() { python3 "$helpers/meta.py" "$1" "$meta_files" >"$2.meta"; }
+tree() { python3 "$helpers/untar.py" "$base/tree.tar" "$1" >"$2.tree"; }
+
+# Runs step $1 in every directory of `dirs` at once.
+each() {
+  local pids=() i=0
+  for dir in "${dirs[@]}"; do
+    "$1" "$dir" "$base/out.$i" &
     pids+=($!)
     i=$((i + 1))
   done
   for p in "${pids[@]}"; do wait "$p"; done
-  python3 - "$w" "${outs[@]}" <<'EOF'
-import json, sys
-w, outs = sys.argv[1], sys.argv[2:]
-vals = []
-for o in outs:
-    text = open(o).read()
-    if w == "create":
-        vals.append(float(text))
-    else:
-        job = json.loads(text)["jobs"][0]["write"]
-        vals.append(job["bw_bytes"] / 2**20 if w == "seqwrite" else job["iops"])
-print(sum(vals) / len(vals))
-EOF
 }
 
-targets=(native native2 mirrorfs-sync mirrorfs-async)
-workloads=(seqwrite randwrite create)
+# Runs workload group $1 on target $2 and appends one line per measure to the results:
+# "measure target value" (per directory, averaged).
+run() {
+  local group="$1" t="$2"
+  read -r -a dirs <<<"$(prepare "$t")"
+  case "$group" in
+    seq) each seqwrite; drop_caches; each seqread_cold; each seqread_warm ;;
+    rand) each randwrite_1; each randread_1; each randwrite_4; each randread_4 ;;
+    meta) each meta ;;
+    tree) each tree ;;
+  esac
+  finish "$t"
+  python3 "$helpers/collect.py" "$base" "$t" "${#dirs[@]}" >>"$results"
+}
+
+groups=(seq rand meta tree)
+started=$(date +%s)
 for ((round = 1; round <= rounds; round++)); do
-  for w in "${workloads[@]}"; do
-    for t in "${targets[@]}"; do
-      # shellcheck disable=SC2046
-      v=$(run "$w" $(prepare "$t"))
-      finish "$t"
-      echo "$w $t $v" >>"$results"
-      printf 'round %d  %-9s %-15s %12.1f\n' "$round" "$w" "$t" "$v" >&2
+  for g in "${groups[@]}"; do
+    for t in $targets; do
+      rm -f "$base"/out.*
+      run "$g" "$t"
+      echo "round $round: $g on $t done ($(($(date +%s) - started)) s)" >&2
     done
   done
 done
 
-python3 - "$results" "$seq_size" "$rounds" <<'EOF'
-import statistics, sys
-rows = [l.split() for l in open(sys.argv[1])]
-med = {}
-for w, t, v in rows:
-    med.setdefault((w, t), []).append(float(v))
-med = {k: statistics.median(v) for k, v in med.items()}
-units = {"seqwrite": "MiB/s", "randwrite": "IOPS", "create": "files/s"}
-targets = ["native", "native2", "mirrorfs-sync", "mirrorfs-async"]
-print(f"median of {sys.argv[3]} interleaved rounds; seqwrite {sys.argv[2]}; native2 and "
-      "mirrorfs figures are per copy")
-print()
-print("| workload | " + " | ".join(targets) + " | sync / native2 | async / native2 |")
-print("|---" * (len(targets) + 3) + "|")
-for w in ["seqwrite", "randwrite", "create"]:
-    cells = [f"{med[(w, t)]:.0f}" for t in targets]
-    n2 = med[(w, "native2")]
-    print(f"| {w} ({units[w]}) | " + " | ".join(cells)
-          + f" | {med[(w, 'mirrorfs-sync')] / n2:.2f} | {med[(w, 'mirrorfs-async')] / n2:.2f} |")
-EOF
+python3 "$helpers/report.py" "$results" "$rounds" \
+  "seqwrite $seq_size; random I/O on $rand_size for ${rand_time}s; $meta_files files; tree scale $tree_scale"

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the system packages mirrorfs's build, tests and demo need on Debian 12, if
-# they are missing: attr and acl (the tests drive xattrs and ACLs with their tools).
+# they are missing: attr and acl (the tests drive xattrs and ACLs with their tools), and
+# any further packages named as arguments (the benchmark's fio, bindfs, mergerfs).
 # The FUSE kernel module and /dev/fuse come with the kernel; mounting as root needs no
 # fusermount.
 set -euo pipefail
 
 need=()
-for pkg in attr acl; do
+for pkg in attr acl "$@"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then
