@@ -39,6 +39,9 @@ fn backing_flags(flags: i32) -> (bool, i32) {
     (writable, access | keep | libc::O_NOCTTY)
 }
 
+/// Writes at least this large go to the replicas in parallel.
+const PARALLEL_WRITE: usize = 128 << 10;
+
 fn ebadf() -> io::Error {
     io::Error::from_raw_os_error(libc::EBADF)
 }
@@ -234,18 +237,33 @@ impl MirrorFs {
         // In async mode the first replica that takes the write is the only one written now
         // (never one with older writes still queued for the file).
         let queues = self.lanes.is_some();
-        let mut results: Vec<(usize, sys::WriteOutcome)> = Vec::new();
-        for r in self.write_order(fresh & !lagging) {
+        let order = self.write_order(fresh & !lagging);
+        let write_on = |r: &Replica| {
             let started = std::time::Instant::now();
             let written = match self.handle_fd(&h, r) {
                 Ok(fd) => sys::pwrite_all(fd.as_fd(), data, offset),
                 Err(e) => Err((0, e)),
             };
             r.write_latency.record(started.elapsed());
-            let done = written.is_ok();
-            results.push((r.index, written));
-            if queues && done {
-                break;
+            (r.index, written)
+        };
+        let mut results: Vec<(usize, sys::WriteOutcome)> = Vec::new();
+        if !queues && order.len() > 1 && data.len() >= PARALLEL_WRITE {
+            // A large write goes to every replica at once: a thread costs less than the
+            // copy it overlaps.
+            std::thread::scope(|s| {
+                let others: Vec<_> = order[1..].iter().map(|r| s.spawn(|| write_on(r))).collect();
+                results.push(write_on(order[0]));
+                results.extend(others.into_iter().map(|t| t.join().expect("write thread")));
+            });
+        } else {
+            for r in order {
+                let (index, written) = write_on(r);
+                let done = written.is_ok();
+                results.push((index, written));
+                if queues && done {
+                    break;
+                }
             }
         }
         h.wrote.store(true, Ordering::Relaxed);
