@@ -269,8 +269,9 @@ impl MirrorFs {
         h.wrote.store(true, Ordering::Relaxed);
         let mut attempted = results.iter().fold(0, |set, (i, _)| set | (1 << i));
         let (result, mut diverged) = judge_write(results, data.len());
-        if result.is_ok() {
-            let others = fresh & !attempted;
+        let others = fresh & !attempted;
+        if result.is_ok() && queues && others != 0 {
+            // Only async mode copies the data, for the queues.
             let (bytes, handle) = (Arc::<[u8]>::from(data), h.clone());
             let queued = self.queue("write", others, scope, data.len() as u64, &flight, {
                 move |fs: &MirrorFs, r: &Replica| {

@@ -109,16 +109,22 @@ impl Intents {
         let mut records = Vec::new();
         for &scope in scopes {
             let ino = scope.ino();
-            let Some(path) = table.relative_path(ino) else {
+            let existed = covered.contains_key(&ino);
+            // The path is looked up only for a record: most changes are covered already.
+            let Some(what) = covered.entry(ino).or_default().add(scope, table.kind(ino)) else {
                 continue;
             };
-            if let Some(what) = covered.entry(ino).or_default().add(scope, table.kind(ino)) {
-                records.push(Record::Intent {
-                    epoch,
-                    path: RecPath(path),
-                    what,
-                });
-            }
+            let Some(path) = table.relative_path(ino) else {
+                if !existed {
+                    covered.remove(&ino);
+                }
+                continue;
+            };
+            records.push(Record::Intent {
+                epoch,
+                path: RecPath(path),
+                what,
+            });
         }
         records
     }

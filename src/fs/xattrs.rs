@@ -6,7 +6,7 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use crate::fs::fanout;
 use crate::fs::inode::Ino;
@@ -63,29 +63,29 @@ impl MirrorFs {
     }
 
     pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
-        let _order = self.order_drained(&[ino]);
-        let _flight = self.intend(&[Scope::Meta(ino)])?;
-        let fanned = fanout::apply(&self.replicas, self.fresh(ino), |r| {
-            sys::xattr::set(self.object_fd(r, ino)?.as_fd(), name, value, flags)
-        });
-        self.settle(
-            "setxattr",
-            fanned.verdict.is_ok(),
-            fanned.attempted(),
-            &fanned.diverged,
-            &[Scope::Meta(ino)],
-        )?;
-        fanned.verdict.map(drop)
+        self.change_xattrs("setxattr", ino, |obj| {
+            sys::xattr::set(obj, name, value, flags)
+        })
     }
 
     pub fn removexattr(&self, ino: Ino, name: &OsStr) -> io::Result<()> {
+        self.change_xattrs("removexattr", ino, |obj| sys::xattr::remove(obj, name))
+    }
+
+    /// Applies `change` to `ino`'s xattrs on every replica current for it.
+    fn change_xattrs(
+        &self,
+        op: &'static str,
+        ino: Ino,
+        change: impl Fn(BorrowedFd<'_>) -> io::Result<()>,
+    ) -> io::Result<()> {
         let _order = self.order_drained(&[ino]);
         let _flight = self.intend(&[Scope::Meta(ino)])?;
         let fanned = fanout::apply(&self.replicas, self.fresh(ino), |r| {
-            sys::xattr::remove(self.object_fd(r, ino)?.as_fd(), name)
+            change(self.object_fd(r, ino)?.as_fd())
         });
         self.settle(
-            "removexattr",
+            op,
             fanned.verdict.is_ok(),
             fanned.attempted(),
             &fanned.diverged,

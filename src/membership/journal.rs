@@ -159,6 +159,13 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// Records that a change to `marks` of `path` began in `epoch`.
+    fn add_intent(&mut self, path: PathBuf, epoch: u64, marks: PathMarks) {
+        let (e, have) = self.intents.entry(path).or_default();
+        *e = (*e).max(epoch);
+        have.merge(marks);
+    }
+
     /// What the unsettled intents cover, by path.
     pub fn in_flight(&self) -> BTreeMap<PathBuf, PathMarks> {
         self.intents
@@ -218,9 +225,7 @@ impl Pending {
                 t.marks.entry(path.0).or_default().merge(path_marks(what));
             }
             Record::Intent { epoch, path, what } => {
-                let (e, m) = self.intents.entry(path.0).or_default();
-                *e = (*e).max(epoch);
-                m.merge(path_marks(what));
+                self.add_intent(path.0, epoch, path_marks(what));
             }
             Record::Settled { epoch } => self.intents.retain(|_, (e, _)| *e > epoch),
             Record::Clear {
@@ -263,16 +268,11 @@ impl Pending {
                 } else {
                     Vec::new()
                 };
-                let mut put = |at: PathBuf, (epoch, m): (u64, PathMarks)| {
-                    let (e, have) = self.intents.entry(at).or_default();
-                    *e = (*e).max(epoch);
-                    have.merge(m);
-                };
-                for (rest, v) in forth {
-                    put(to.0.join(rest), v);
+                for (rest, (epoch, m)) in forth {
+                    self.add_intent(to.0.join(rest), epoch, m);
                 }
-                for (rest, v) in back {
-                    put(from.0.join(rest), v);
+                for (rest, (epoch, m)) in back {
+                    self.add_intent(from.0.join(rest), epoch, m);
                 }
             }
         }

@@ -7,7 +7,7 @@ use std::fs;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{BIN, Mirror, Unmount, daemon_pid, mirrorfs};
+use crate::common::{BIN, Mirror, Unmount, daemon_pid, mirrorfs, run};
 
 fn mounted(path: &std::path::Path) -> bool {
     mirrorfs::mountinfo::mounted_at(path).unwrap().is_some()
@@ -205,32 +205,10 @@ fn read_only_replicas_mount_read_only() {
     fs::write(m.path("f"), b"data").unwrap();
     m.unmount();
     // Make each replica a read-only bind mount of itself.
-    let bind = |args: &[&str], p: &std::path::Path| {
-        let out = Command::new("mount")
-            .args(args)
-            .arg(p)
-            .arg(p)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     let _binds: Vec<Unmount> = m.replicas.iter().map(|r| Unmount(r.clone())).collect();
     for r in &m.replicas {
-        bind(&["--bind"], r);
-        let out = Command::new("mount")
-            .args(["-o", "remount,bind,ro"])
-            .arg(r)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run(Command::new("mount").arg("--bind").arg(r).arg(r));
+        run(Command::new("mount").args(["-o", "remount,bind,ro"]).arg(r));
     }
     m.extra_args = vec!["-o".into(), "ro".into()];
     m.mount();

@@ -99,6 +99,18 @@ pub fn temp(root: BorrowedFd<'_>) -> io::Result<(OwnedFd, OsString)> {
     ))
 }
 
+/// A new empty file under a fresh temporary name (see [`temp`]), open for writing.
+pub fn temp_file(root: BorrowedFd<'_>) -> io::Result<(OwnedFd, OsString, OwnedFd)> {
+    let (tmp, name) = temp(root)?;
+    let fd = sys::openat(
+        tmp.as_fd(),
+        &name,
+        libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+        0o600,
+    )?;
+    Ok((tmp, name, fd))
+}
+
 /// Makes, at `tmp/name`, an object of `snap`'s kind with its contents where it has no
 /// data of its own (a symlink's target, a device number); regular files are made empty.
 pub fn make_leaf(tmp: BorrowedFd<'_>, name: &OsStr, snap: &Snapshot) -> io::Result<()> {

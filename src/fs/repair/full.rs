@@ -241,13 +241,7 @@ impl Walk<'_> {
                 tgt(want.apply_to(&Object::Fd(to.as_fd())))?;
             }
         } else {
-            let (tmp, tmp_name) = tgt(copy::temp(self.t_root.as_fd()))?;
-            let to = tgt(sys::openat(
-                tmp.as_fd(),
-                &tmp_name,
-                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
-                0o600,
-            ))?;
+            let (tmp, tmp_name, to) = tgt(copy::temp_file(self.t_root.as_fd()))?;
             self.compare_contents(&from, &to, want.st.st_size as u64)?;
             tgt(want.apply_to(&Object::Fd(to.as_fd())))?;
             tgt(copy::install(tmp.as_fd(), &tmp_name, td.as_fd(), name))?;

@@ -288,13 +288,7 @@ impl MirrorFs {
             self.finish_file(ino, s, &from, &to)?;
             return self.relink(ino, t);
         }
-        let (tmp, name) = tgt(copy::temp(t.root().as_fd()))?;
-        let to = tgt(sys::openat(
-            tmp.as_fd(),
-            &name,
-            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
-            0o600,
-        ))?;
+        let (tmp, name, to) = tgt(copy::temp_file(t.root().as_fd()))?;
         self.copy_contents(ino, &from, &to, None)?;
         let _order = self.order(&[ino]);
         self.finish_file(ino, s, &from, &to)?;

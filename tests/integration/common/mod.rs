@@ -133,30 +133,16 @@ impl Setup {
         for &i in &self.bind {
             let backing = m.dir.path().join(format!("backing{i}"));
             std::fs::create_dir(&backing).unwrap();
-            let out = Command::new("mount")
+            run(Command::new("mount")
                 .arg("--bind")
                 .arg(&backing)
-                .arg(&m.replicas[i])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+                .arg(&m.replicas[i]));
             m.mounts.push(m.replicas[i].clone());
         }
         for (i, size) in &self.tmpfs {
-            let out = Command::new("mount")
+            run(Command::new("mount")
                 .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(&m.replicas[*i])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+                .arg(&m.replicas[*i]));
             m.mounts.push(m.replicas[*i].clone());
         }
         for &i in &self.faulty {
