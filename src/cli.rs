@@ -88,7 +88,7 @@ pub struct MountArgs {
     #[arg(long)]
     pub fsync_all: bool,
 
-    /// Seconds the kernel may cache names and attributes [default: 1].
+    /// Seconds the kernel may cache names and attributes [default: 86400].
     #[arg(long, value_name = "SECONDS")]
     pub cache_ttl: Option<f64>,
 

@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags,
@@ -241,7 +241,7 @@ impl Filesystem for FuseMirror {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.0.open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -468,7 +468,7 @@ impl Filesystem for FuseMirror {
                 &attr,
                 GENERATION,
                 FileHandle(fh),
-                FopenFlags::empty(),
+                FopenFlags::FOPEN_KEEP_CACHE,
             ),
             Err(e) => reply.error(errno(e)),
         }
@@ -557,6 +557,3 @@ impl Filesystem for FuseMirror {
         }
     }
 }
-
-/// How long the kernel may cache attributes and names by default.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(1);

@@ -68,6 +68,11 @@ const DEFAULT_REPAIR_RATE: u64 = 100 << 20;
 /// Bytes a replica's queue holds at most in async mode unless told otherwise.
 const DEFAULT_MAX_LAG_BYTES: u64 = 256 << 20;
 
+/// Seconds the kernel caches names and attributes unless told otherwise: long, because
+/// mirrorfs is the only writer of its replicas and every change through the mount
+/// updates or invalidates what the kernel holds.
+const DEFAULT_TTL: f64 = 86_400.0;
+
 /// The longest cache TTL accepted: a day.
 const MAX_TTL: f64 = 86_400.0;
 
@@ -81,7 +86,7 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
     if threads == 0 {
         return Err(cli_error!("threads must be at least 1"));
     }
-    let ttl = args.cache_ttl.or(opts.cache_ttl).unwrap_or(1.0);
+    let ttl = args.cache_ttl.or(opts.cache_ttl).unwrap_or(DEFAULT_TTL);
     if !(0.0..=MAX_TTL).contains(&ttl) {
         return Err(cli_error!(
             "cache_ttl must be a number of seconds from 0 to {MAX_TTL}"

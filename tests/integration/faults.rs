@@ -241,6 +241,19 @@ fn writes_during_a_repair_are_neither_lost_nor_left_different() {
     m.assert_in_sync();
 }
 
+/// Reads a file through the mount past the kernel's page cache (which keeps what was read
+/// across opens), so that the read reaches a replica.
+fn read_uncached(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let mut f = fs::File::open(path)?;
+    // SAFETY: a valid descriptor; the advice only drops clean cached pages.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
 #[test]
 fn reads_avoid_a_replica_ten_times_slower() {
     let m = Mirror::setup(2).faulty(0).faulty(1).mount();
@@ -252,11 +265,11 @@ fn reads_avoid_a_replica_ten_times_slower() {
     let reads = |i: usize| m.faults(i).reads.load(Ordering::Relaxed);
     // Reads and the background samples measure it; once the measurements show it
     // slower, reads go to the fast replica.
-    assert_eq!(fs::read(m.path("f")).unwrap(), data);
+    assert_eq!(read_uncached(&m.path("f")).unwrap(), data);
     m.wait_slower(&[0], 1);
     let (slow0, fast0) = (reads(0), reads(1));
     for _ in 0..20 {
-        assert_eq!(fs::read(m.path("f")).unwrap(), data);
+        assert_eq!(read_uncached(&m.path("f")).unwrap(), data);
     }
     let (slow, fast) = (reads(0) - slow0, reads(1) - fast0);
     assert!(
@@ -270,7 +283,7 @@ fn reads_avoid_a_replica_ten_times_slower() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let before = reads(0);
-        assert_eq!(fs::read(m.path("f")).unwrap(), data);
+        assert_eq!(read_uncached(&m.path("f")).unwrap(), data);
         if reads(0) > before {
             break;
         }
