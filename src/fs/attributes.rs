@@ -13,7 +13,7 @@ use fuser::{FileAttr, FileType, TimeOrNow};
 use crate::fs::attr;
 use crate::fs::fanout;
 use crate::fs::handles::OpenFile;
-use crate::fs::inode::Ino;
+use crate::fs::inode::{Ino, ReplicaSet};
 use crate::fs::mirror::{MirrorFs, Scope};
 use crate::fs::object::Object;
 use crate::replica::Replica;
@@ -102,11 +102,19 @@ impl MirrorFs {
                 changes.apply(&obj, atime, mtime)
             })
         });
+        let mut diverged = fanned.diverged.clone();
+        if let (Ok(winner), None, Some(_), None) =
+            (&fanned.verdict, &handle, changes.size, changes.mtime)
+        {
+            // truncate(2) comes without a time: each replica stamped its own, and the
+            // others take the one the answer reports.
+            diverged.extend(self.equal_mtimes(ino, *winner, fanned.succeeded()));
+        }
         self.settle(
             "setattr",
             fanned.verdict.is_ok(),
             fanned.attempted(),
-            &fanned.diverged,
+            &diverged,
             &[scope],
         )?;
         let winner = fanned.verdict?;
@@ -116,6 +124,24 @@ impl MirrorFs {
             None => self.stat_on(r, ino)?,
         };
         Ok(attr::file_attr(ino, &st))
+    }
+
+    /// Gives `ino` on every replica of `set` the mtime it has on `source`; returns the
+    /// replicas where that failed, with their errnos.
+    fn equal_mtimes(&self, ino: Ino, source: usize, set: ReplicaSet) -> Vec<(usize, i32)> {
+        let from = &self.replicas[source];
+        let Ok(st) = self.with_object(from, ino, None, |obj| obj.stat()) else {
+            return Vec::new();
+        };
+        let (_, mtime) = attr::times_of(&st);
+        let fanned = fanout::apply(&self.replicas, set & !(1 << source), |r| {
+            self.with_object(r, ino, None, |obj| obj.utimens(Time::Omit, mtime))
+        });
+        fanned
+            .results
+            .iter()
+            .filter_map(|(i, r)| r.as_ref().err().map(|e| (*i, sys::errno(e))))
+            .collect()
     }
 
     /// Runs `f` on the object `ino` on replica `r`: through `handle`'s descriptor when it
