@@ -129,6 +129,19 @@ impl Intents {
         records
     }
 
+    /// `ino` was made by a change begun in the epoch of parity `slot`, whose intents cover
+    /// its parent's listing. After a crash, repairing a listing compares the attributes
+    /// of every entry in it, so that intent covers the new node's attributes too: changing
+    /// them in the same epoch (timestamps made equal at close) needs no record.
+    fn born(&mut self, slot: usize, ino: Ino) {
+        self.covered[slot].entry(ino).or_default().attributes = true;
+    }
+
+    /// Whether an unsettled intent names `ino`.
+    pub fn names(&self, ino: Ino) -> bool {
+        self.covered.iter().any(|c| c.contains_key(&ino))
+    }
+
     /// How many inodes have unsettled intents.
     pub fn count(&self) -> usize {
         self.covered.iter().map(HashMap::len).sum()
@@ -253,6 +266,14 @@ impl MirrorFs {
         Ok(self.flights.begin(j.intents.epoch()))
     }
 
+    /// A regular file or directory `ino` was made by the change under `flight`, which
+    /// intended its parent's listing: see [`Intents::born`].
+    pub(crate) fn born(&self, flight: &Flight, ino: Ino, kind: FileType) {
+        if matches!(kind, FileType::RegularFile | FileType::Directory) {
+            self.journal().intents.born(flight.slot, ino);
+        }
+    }
+
     /// Settles the epoch last closed (closing the one under way first if it has intents):
     /// waits for its changes to end, syncs every replica's filesystem, and records it
     /// settled. A replica whose sync fails is compared in full.
@@ -339,6 +360,24 @@ mod tests {
         i.settled(1);
         assert_eq!(i.closed(), None);
         assert_eq!(i.close(), Some(2));
+    }
+
+    #[test]
+    fn a_node_made_under_a_covered_listing_needs_no_record_for_its_attributes() {
+        use crate::fs::inode::ROOT;
+        let mut t = InodeTable::new();
+        let d = t.lookup(ROOT, "d".as_ref(), FileType::Directory, &[], false);
+        let f = t.lookup(d, "f".as_ref(), FileType::RegularFile, &[], false);
+        let mut i = Intents::default();
+        assert_eq!(i.add(&t, &[Scope::Entries(d)]).len(), 1);
+        i.born((i.epoch() % 2) as usize, f);
+        assert!(i.names(f));
+        assert!(i.add(&t, &[Scope::Meta(f)]).is_empty());
+        // Its contents are not covered: a write is recorded.
+        assert_eq!(i.add(&t, &[Scope::Range(f, 0, 1)]).len(), 1);
+        // In the next epoch its attributes are recorded again.
+        i.close();
+        assert_eq!(i.add(&t, &[Scope::Meta(f)]).len(), 1);
     }
 
     #[test]

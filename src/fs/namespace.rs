@@ -228,7 +228,7 @@ impl MirrorFs {
         self.check_name(parent, name)?;
         let targets = self.fresh(parent);
         let _order = self.order(&[parent]);
-        let _flight = self.intend(&[Scope::Entries(parent)])?;
+        let flight = self.intend(&[Scope::Entries(parent)])?;
         let fanned = fanout::apply(&self.replicas, targets, |r| {
             let dir = self.dir_fd(r, parent)?;
             make(r, dir.as_fd())
@@ -245,9 +245,9 @@ impl MirrorFs {
         let dir = self.dir_fd(r, parent)?;
         let st = sys::statat(dir.as_fd(), name)?;
         let (keys, multi) = self.identities(fanned.succeeded(), parent, name, winner, &st);
-        let ino = self
-            .table()
-            .lookup(parent, name, attr::kind(st.st_mode), &keys, multi);
+        let kind = attr::kind(st.st_mode);
+        let ino = self.table().lookup(parent, name, kind, &keys, multi);
+        self.born(&flight, ino, kind);
         self.settle(
             op,
             true,

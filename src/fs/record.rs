@@ -209,6 +209,20 @@ impl MirrorFs {
                 ))
             })
             .flatten();
+        // Intents made under the old names must be found under the new ones after a
+        // crash: the record is flushed when an intent names what moves (any intent, when a
+        // directory moves: one may name what is below it).
+        let moves = [
+            table.child(parent, name),
+            table.child(new_parent, new_name).filter(|_| exchange),
+        ];
+        let durably = moves.into_iter().flatten().any(|ino| {
+            if table.kind(ino) == Some(FileType::Directory) {
+                j.intents.open()
+            } else {
+                j.intents.names(ino)
+            }
+        });
         let displaced = linked_marks(&table, table.child(new_parent, new_name));
         let gone = table.rename(parent, name, new_parent, new_name, exchange);
         let lost = lost_marks(&table, displaced);
@@ -220,9 +234,6 @@ impl MirrorFs {
                 to: RecPath(to),
                 exchange,
             };
-            // Intents made under the old names must be found under the new ones after a
-            // crash.
-            let durably = j.intents.open();
             self.append_records(&mut j, vec![rec], durably);
         }
         gone
@@ -277,13 +288,18 @@ impl MirrorFs {
         while !pending.is_empty() {
             let bytes = journal::encode(&pending);
             let mut broken = 0;
+            let mut written = Vec::new();
             for r in self.members(j.writers) {
-                let written = if durably {
-                    journal::append_durably(r.root().as_fd(), &bytes)
-                } else {
-                    journal::append(r.root().as_fd(), &bytes)
-                };
-                if let Err(e) = written {
+                match journal::append(r.root().as_fd(), &bytes) {
+                    Ok(file) => written.push((r, file)),
+                    Err(e) => {
+                        broken |= 1 << r.index;
+                        self.journal_failed(r, &e);
+                    }
+                }
+            }
+            if durably {
+                for (r, e) in flush_all(&written) {
                     broken |= 1 << r.index;
                     self.journal_failed(r, &e);
                 }
@@ -395,24 +411,47 @@ impl MirrorFs {
     /// Marks the contents of names a replica's listing of `dir` lacks (or holds as
     /// another kind), making table nodes for them; repair then makes them there.
     pub(crate) fn mark_missing(&self, dir: Ino, index: usize, missing: &[Entry]) {
+        self.mark_entries_named(dir, index, missing, false);
+    }
+
+    /// Marks entries of `dir` that replica `index` holds with other attributes than a
+    /// source: a directory's attributes alone (what is below it has its own marks), any
+    /// other node whole.
+    pub(crate) fn mark_differing(&self, dir: Ino, index: usize, differing: &[Entry]) {
+        self.mark_entries_named(dir, index, differing, true);
+    }
+
+    fn mark_entries_named(&self, dir: Ino, index: usize, entries: &[Entry], present: bool) {
+        if entries.is_empty() {
+            return;
+        }
         let mut j = self.journal();
         let mut records = Vec::new();
         let mut table = self.table();
-        for Entry { name, kind } in missing {
+        for Entry { name, kind } in entries {
             let child = table.ensure_child(dir, name, *kind);
-            // A mark already there covers it; marking again would only make a repair of it
-            // under way start over.
-            if table.marked_whole(child, index) {
+            // A mark already there covers it (repairing any mark brings the attributes in
+            // line too); marking again would only make a repair of it under way start over.
+            let marked = match table.marks_on(child) {
+                Some((data, _)) if present => data & (1 << index) != 0,
+                _ => table.marked_whole(child, index),
+            };
+            if marked {
                 continue;
             }
-            if table.mark_data(child, index)
+            let scope = if present && *kind == FileType::Directory {
+                Scope::Meta(child)
+            } else {
+                Scope::Data(child)
+            };
+            if let Some(what) = mark(&mut table, scope, index)
                 && j.tracked(index)
                 && let Some(path) = path_of(&table, child)
             {
                 records.push(Record::Mark {
                     replica: j.ids[index].clone(),
                     path,
-                    what: What::Data,
+                    what,
                 });
             }
         }
@@ -619,6 +658,24 @@ impl MirrorFs {
         }
         Ok(())
     }
+}
+
+/// Flushes journals to disk, each replica's at the same time as the others' (a flush
+/// waits for the disk; done one after the other, they would add up). Returns the
+/// failures.
+fn flush_all<'a>(written: &[(&'a Replica, std::fs::File)]) -> Vec<(&'a Replica, io::Error)> {
+    let flush = |(r, file): &(&'a Replica, std::fs::File)| file.sync_data().err().map(|e| (*r, e));
+    let Some((first, rest)) = written.split_first() else {
+        return Vec::new();
+    };
+    std::thread::scope(|scope| {
+        let others: Vec<_> = rest.iter().map(|w| scope.spawn(move || flush(w))).collect();
+        let mut failed: Vec<_> = flush(first).into_iter().collect();
+        for other in others {
+            failed.extend(other.join().expect("a journal flush panicked"));
+        }
+        failed
+    })
 }
 
 /// A multi-link node's data marks, before a change that may take its last known name.

@@ -354,21 +354,17 @@ fn open_for_append(root: BorrowedFd<'_>) -> io::Result<std::fs::File> {
     Ok(std::fs::File::from(fd))
 }
 
-/// Appends encoded records to the journal under a replica root.
-pub fn append(root: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
-    open_for_append(root)?.write_all(bytes)
+/// Appends encoded records to the journal under a replica root; returns the journal, open,
+/// for a flush.
+pub fn append(root: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<std::fs::File> {
+    let mut f = open_for_append(root)?;
+    f.write_all(bytes)?;
+    Ok(f)
 }
 
 /// Flushes the journal under a replica root to disk.
 pub fn sync(root: BorrowedFd<'_>) -> io::Result<()> {
     open_for_append(root)?.sync_data()
-}
-
-/// Appends encoded records to the journal under a replica root and flushes it to disk.
-pub fn append_durably(root: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
-    let mut f = open_for_append(root)?;
-    f.write_all(bytes)?;
-    f.sync_data()
 }
 
 #[cfg(test)]

@@ -394,11 +394,23 @@ impl MirrorFs {
                 tgt(copy::discard(t.root().as_fd(), on_t.as_fd(), &e.name))?;
             }
         }
-        let missing: Vec<_> = want
-            .into_iter()
-            .filter(|e| !copy::holds(&have, e))
-            .collect();
+        // Names on both sides are compared by their attributes: a change to a listing
+        // that a crash interrupted (or a node made in the same epoch and changed since,
+        // see `Intents::born`) can leave a name whose object differs.
+        let (mut missing, mut differing) = (Vec::new(), Vec::new());
+        for e in want {
+            if !copy::holds(&have, &e) {
+                missing.push(e);
+                continue;
+            }
+            let there = src(Snapshot::of(&Object::At(on_s.as_fd(), &e.name)))?;
+            let here = tgt(Snapshot::of(&Object::At(on_t.as_fd(), &e.name)))?;
+            if !there.same_as(&here) {
+                differing.push(e);
+            }
+        }
         self.mark_missing(dir, t.index, &missing);
+        self.mark_differing(dir, t.index, &differing);
         Ok(())
     }
 }
