@@ -383,10 +383,17 @@ impl MirrorFs {
         diverged: &[(usize, i32)],
         scopes: &[Scope],
     ) -> io::Result<()> {
+        // A node with no name left that a replica holds no descriptor of is gone there:
+        // not finding it there (an open racing an unlink) leaves nothing different.
+        let diverged: Vec<(usize, i32)> = diverged
+            .iter()
+            .copied()
+            .filter(|&(i, errno)| errno != libc::ENOENT || !self.gone_on(i, scopes))
+            .collect();
         let applied = diverged
             .iter()
             .fold(attempted, |set, (i, _)| set & !(1 << i));
-        let mut all = diverged.to_vec();
+        let mut all = diverged;
         if succeeded {
             for r in self.members(self.every() & !attempted) {
                 if !all.iter().any(|(i, _)| *i == r.index) {
@@ -405,6 +412,17 @@ impl MirrorFs {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         Ok(())
+    }
+
+    /// Whether every node `scopes` name has no name left and no open descriptor on
+    /// replica `index`, so that it no longer exists there.
+    fn gone_on(&self, index: usize, scopes: &[Scope]) -> bool {
+        let r = &self.replicas[index];
+        scopes.iter().all(|s| {
+            !matches!(s, Scope::Entries(_))
+                && self.table().location(s.ino()).is_none()
+                && self.any_handle(r, s.ino()).is_none()
+        })
     }
 
     /// Refuses a change to `scopes` (EIO) before it starts when fewer replicas than the
