@@ -126,6 +126,34 @@ impl MirrorFs {
         Ok(attr::file_attr(ino, &st))
     }
 
+    /// Does what a write or truncate by a caller without CAP_FSETID does on a local
+    /// filesystem: the set-user-ID bit of a regular file goes, and its set-group-ID bit
+    /// if it is group-executable or the caller is not in its group (`in_group`). The
+    /// kernel leaves this to mirrorfs (FUSE_HANDLE_KILLPRIV_V2), which spares a getxattr
+    /// request on every write. (The replicas' own writes, made by root, drop file
+    /// capabilities themselves.)
+    pub fn drop_setid(
+        &self,
+        ino: Ino,
+        fh: Option<u64>,
+        in_group: impl FnOnce(u32) -> bool,
+    ) -> io::Result<()> {
+        let attr = self.getattr(ino, fh)?;
+        let mode = u32::from(attr.perm);
+        let mut kept = mode & !libc::S_ISUID;
+        if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || !in_group(attr.gid)) {
+            kept &= !libc::S_ISGID;
+        }
+        if attr.kind != FileType::RegularFile || kept == mode {
+            return Ok(());
+        }
+        let changes = AttrChanges {
+            mode: Some(kept),
+            ..AttrChanges::default()
+        };
+        self.setattr(ino, fh, changes).map(drop)
+    }
+
     /// Gives `ino` on every replica of `set` the mtime it has on `source`; returns the
     /// replicas where that failed, with their errnos.
     fn equal_mtimes(&self, ino: Ino, source: usize, set: ReplicaSet) -> Vec<(usize, i32)> {

@@ -38,6 +38,27 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
+/// Whether the caller may keep set-ID bits through a truncate (CAP_FSETID, taken to be
+/// root's): the kernel marks writes that drop them, not truncates.
+fn privileged(req: &Request) -> bool {
+    req.uid() == 0
+}
+
+/// Whether the caller is in group `gid`: its own, or one of the supplementary groups its
+/// process lists.
+fn in_group(req: &Request, gid: u32) -> bool {
+    if req.gid() == gid {
+        return true;
+    }
+    std::fs::read_to_string(format!("/proc/{}/status", req.pid()))
+        .ok()
+        .and_then(|status| {
+            let groups = status.lines().find_map(|l| l.strip_prefix("Groups:"))?;
+            Some(groups.split_whitespace().any(|g| g.parse() == Ok(gid)))
+        })
+        .unwrap_or(false)
+}
+
 const GENERATION: Generation = Generation(0);
 
 /// Attributes with inode number 0: what the kernel takes as "no such name".
@@ -88,7 +109,8 @@ impl Filesystem for FuseMirror {
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_POSIX_ACL
             | InitFlags::FUSE_DONT_MASK
-            | InitFlags::FUSE_MAX_PAGES;
+            | InitFlags::FUSE_MAX_PAGES
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let supported = wanted & config.capabilities();
         config
             .add_capabilities(supported)
@@ -128,7 +150,7 @@ impl Filesystem for FuseMirror {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -152,7 +174,12 @@ impl Filesystem for FuseMirror {
             atime,
             mtime,
         };
-        match self.0.setattr(ino.0, fh.map(|f| f.0), changes) {
+        let fh = fh.map(|f| f.0);
+        let truncated = match size {
+            Some(_) if !privileged(req) => self.0.drop_setid(ino.0, fh, |g| in_group(req, g)),
+            _ => Ok(()),
+        };
+        match truncated.and_then(|()| self.0.setattr(ino.0, fh, changes)) {
             Ok(attr) => reply.attr(&self.0.options.ttl, &attr),
             Err(e) => reply.error(errno(e)),
         }
@@ -239,8 +266,13 @@ impl Filesystem for FuseMirror {
         self.entry(reply, self.0.link(ino.0, newparent.0, newname));
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.0.open(ino.0, flags.0) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let truncated = if flags.0 & libc::O_TRUNC != 0 && !privileged(req) {
+            self.0.drop_setid(ino.0, None, |gid| in_group(req, gid))
+        } else {
+            Ok(())
+        };
+        match truncated.and_then(|()| self.0.open(ino.0, flags.0)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(e)),
         }
@@ -265,17 +297,24 @@ impl Filesystem for FuseMirror {
 
     fn write(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.0.write(fh.0, offset, data) {
+        let written = if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            self.0
+                .drop_setid(ino.0, Some(fh.0), |gid| in_group(req, gid))
+                .and_then(|()| self.0.write(fh.0, offset, data))
+        } else {
+            self.0.write(fh.0, offset, data)
+        };
+        match written {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),
         }

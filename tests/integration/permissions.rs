@@ -133,3 +133,57 @@ fn access_is_refused_where_a_local_filesystem_refuses_it() {
     assert_eq!(fs::read(m.path("pub/rootfile")).unwrap(), b"root");
     m.assert_in_sync();
 }
+
+#[test]
+fn writes_and_truncates_by_a_user_drop_set_id_bits_like_a_local_filesystem() {
+    let m = mirror();
+    let local = m.dir.path().join("local");
+    fs::create_dir(&local).unwrap();
+    fs::set_permissions(&local, fs::Permissions::from_mode(0o777)).unwrap();
+    // Written, appended to, truncated, and opened with O_TRUNC by the user; `root` by root;
+    // `plain` and `mine` have set-group-ID without group execute, which a write keeps
+    // only when the writer is in the file's group (of `mine`).
+    let files = [
+        ("w", 0o6777),
+        ("plain", 0o2766),
+        ("mine", 0o2766),
+        ("t", 0o6777),
+        ("o", 0o6777),
+        ("root", 0o6777),
+    ];
+    let modes = |dir: &std::path::Path| -> Vec<u32> {
+        files
+            .iter()
+            .map(|(name, _)| fs::metadata(dir.join(name)).unwrap().mode() & 0o7777)
+            .collect()
+    };
+    for dir in [m.path("pub"), local.clone()] {
+        for (name, mode) in files {
+            fs::write(dir.join(name), b"data").unwrap();
+            if name == "mine" {
+                std::os::unix::fs::chown(dir.join(name), None, Some(65534)).unwrap();
+            }
+            fs::set_permissions(dir.join(name), fs::Permissions::from_mode(mode)).unwrap();
+        }
+        ok(&as_nobody(
+            &dir,
+            "echo x >> w && echo x >> plain && echo x >> mine && truncate -s 1 t && : > o",
+        ));
+        fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("root"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"x"))
+            .unwrap();
+    }
+    let want = modes(&local);
+    assert_eq!(
+        want,
+        [0o777, 0o766, 0o2766, 0o777, 0o777, 0o6777],
+        "local filesystem"
+    );
+    assert_eq!(modes(&m.path("pub")), want);
+    for i in 0..3 {
+        assert_eq!(modes(&m.replica(i, "pub")), want, "replica {i}");
+    }
+    m.assert_in_sync();
+}
