@@ -61,22 +61,37 @@ struct Node {
     kind: FileType,
     nlookup: u64,
     open: u32,
-    /// The first known name, then any further hard links.
+    /// The first known name (further hard links are in `rare`).
     link: Option<Link>,
-    extra_links: Vec<Link>,
-    keys: Option<Box<[BackingKey]>>,
     /// Boxed so that the many nodes without children stay small.
     #[allow(clippy::box_collection)]
     children: Option<Box<HashMap<Name, Ino>>>,
     stale_data: ReplicaSet,
     stale_entries: ReplicaSet,
-    /// Replicas of `stale_data` that miss only these chunks of a regular file; the others
-    /// miss its contents whole.
-    #[allow(clippy::box_collection)]
-    partial: Option<Box<Vec<(usize, Chunks)>>>,
     /// Bumped by every mark, so that repair clears a mark only if nothing marked the node
     /// again while it worked.
     mark_seq: u32,
+    /// What few nodes have, out of line: the table holds a node per inode the kernel
+    /// knows, and a plain one stays small.
+    rare: Option<Box<Rare>>,
+}
+
+/// The parts of a node that most nodes lack.
+#[derive(Debug, Default)]
+struct Rare {
+    /// Hard links beyond the first known name.
+    extra_links: Vec<Link>,
+    /// Backing identities of a node seen with several hard links.
+    keys: Option<Box<[BackingKey]>>,
+    /// Replicas of `stale_data` that miss only these chunks of a regular file; the others
+    /// miss its contents whole.
+    partial: Vec<(usize, Chunks)>,
+}
+
+impl Rare {
+    fn is_empty(&self) -> bool {
+        self.extra_links.is_empty() && self.keys.is_none() && self.partial.is_empty()
+    }
 }
 
 impl Node {
@@ -86,13 +101,11 @@ impl Node {
             nlookup: 0,
             open: 0,
             link: None,
-            extra_links: Vec::new(),
-            keys: None,
             children: None,
             stale_data: 0,
             stale_entries: 0,
-            partial: None,
             mark_seq: 0,
+            rare: None,
         }
     }
 
@@ -116,42 +129,62 @@ impl Node {
             || (self.has_links() && self.is_marked())
     }
 
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Drops the out-of-line part once it holds nothing.
+    fn tidy(&mut self) {
+        if self.rare.as_ref().is_some_and(|r| r.is_empty()) {
+            self.rare = None;
+        }
+    }
+
+    fn extra_links(&self) -> &[Link] {
+        self.rare.as_ref().map_or(&[], |r| &r.extra_links)
+    }
+
+    fn keys(&self) -> Option<&[BackingKey]> {
+        self.rare.as_ref()?.keys.as_deref()
+    }
+
+    fn partial(&self) -> &[(usize, Chunks)] {
+        self.rare.as_ref().map_or(&[], |r| &r.partial)
+    }
+
     /// Replicas whose data mark is partial.
     fn partial_set(&self) -> ReplicaSet {
-        self.partial
-            .iter()
-            .flat_map(|p| p.iter())
-            .fold(0, |s, (r, _)| s | (1 << r))
+        self.partial().iter().fold(0, |s, (r, _)| s | (1 << r))
     }
 
     fn partial_mut(&mut self, replica: usize) -> Option<&mut Chunks> {
-        self.partial
+        self.rare
             .as_mut()?
+            .partial
             .iter_mut()
             .find(|(r, _)| *r == replica)
             .map(|(_, c)| c)
     }
 
     fn drop_partial(&mut self, replica: usize) {
-        if let Some(p) = self.partial.as_mut() {
-            p.retain(|(r, _)| *r != replica);
-            if p.is_empty() {
-                self.partial = None;
-            }
+        if let Some(rare) = self.rare.as_mut() {
+            rare.partial.retain(|(r, _)| *r != replica);
         }
+        self.tidy();
     }
 
     fn remove_link(&mut self, parent: Ino, name: &OsStr) {
         let matches = |l: &Link| l.parent == parent && &*l.name == name;
         if self.link.as_ref().is_some_and(matches) {
-            self.link = if self.extra_links.is_empty() {
-                None
-            } else {
-                Some(self.extra_links.remove(0))
-            };
-        } else {
-            self.extra_links.retain(|l| !matches(l));
+            self.link = self
+                .rare
+                .as_mut()
+                .filter(|r| !r.extra_links.is_empty())
+                .map(|r| r.extra_links.remove(0));
+        } else if let Some(rare) = self.rare.as_mut() {
+            rare.extra_links.retain(|l| !matches(l));
         }
+        self.tidy();
     }
 }
 
@@ -217,7 +250,7 @@ impl InodeTable {
         self.nodes.get(&ino).map_or_else(Vec::new, |n| {
             n.link
                 .iter()
-                .chain(n.extra_links.iter())
+                .chain(n.extra_links().iter())
                 .map(|l| (l.parent, l.name.clone()))
                 .collect()
         })
@@ -274,7 +307,7 @@ impl InodeTable {
         if node.link.is_none() {
             node.link = Some(link);
         } else {
-            node.extra_links.push(link);
+            node.rare().extra_links.push(link);
         }
     }
 
@@ -348,7 +381,7 @@ impl InodeTable {
         keys: &[BackingKey],
     ) -> Option<Ino> {
         let node = &self.nodes[&named];
-        if node.keys.is_some() || node.nlookup > 0 || node.open > 0 {
+        if node.keys().is_some() || node.nlookup > 0 || node.open > 0 {
             return None;
         }
         let other = keys
@@ -371,14 +404,14 @@ impl InodeTable {
 
     fn add_keys(&mut self, ino: Ino, keys: &[BackingKey]) {
         let node = self.nodes.get_mut(&ino).expect("node exists");
-        let mut all: Vec<BackingKey> = node.keys.take().map(Vec::from).unwrap_or_default();
+        let mut all: Vec<BackingKey> = node.keys().map(Vec::from).unwrap_or_default();
         for k in keys {
             if !all.contains(k) {
                 all.push(*k);
                 self.by_key.insert(*k, ino);
             }
         }
-        node.keys = Some(all.into_boxed_slice());
+        node.rare().keys = Some(all.into_boxed_slice());
     }
 
     /// Records a new hard link `parent/name` to `ino` made through the mount, and the
@@ -461,7 +494,9 @@ impl InodeTable {
         if node.has_links() || node.open > 0 {
             return;
         }
-        for key in node.keys.take().iter().flatten() {
+        let keys = node.rare.as_mut().and_then(|r| r.keys.take());
+        node.tidy();
+        for key in keys.iter().flatten() {
             if self.by_key.get(key) == Some(&ino) {
                 self.by_key.remove(key);
             }
@@ -484,12 +519,12 @@ impl InodeTable {
             if node.is_marked() {
                 self.marked -= 1;
             }
-            for key in node.keys.iter().flatten() {
+            for key in node.keys().into_iter().flatten() {
                 if self.by_key.get(key) == Some(&ino) {
                     self.by_key.remove(key);
                 }
             }
-            for link in node.link.iter().chain(node.extra_links.iter()) {
+            for link in node.link.iter().chain(node.extra_links()) {
                 if let Some(p) = self.nodes.get_mut(&link.parent) {
                     if let Some(children) = p.children.as_mut() {
                         children.remove(&link.name);
@@ -569,9 +604,7 @@ impl InodeTable {
         if node.stale_data & (1 << replica) == 0 {
             let mut chunks = Chunks::default();
             chunks.mark(first, end);
-            node.partial
-                .get_or_insert_with(Default::default)
-                .push((replica, chunks));
+            node.rare().partial.push((replica, chunks));
             self.mark(ino, replica, false);
             return Some(Added::Chunks(first, end.max(first)));
         }
@@ -591,19 +624,14 @@ impl InodeTable {
     /// Whether `replica` is marked for the whole contents of `ino`.
     pub fn marked_whole(&self, ino: Ino, replica: usize) -> bool {
         self.nodes.get(&ino).is_some_and(|n| {
-            n.stale_data & (1 << replica) != 0
-                && !n
-                    .partial
-                    .as_ref()
-                    .is_some_and(|p| p.iter().any(|(r, _)| *r == replica))
+            n.stale_data & (1 << replica) != 0 && !n.partial().iter().any(|(r, _)| *r == replica)
         })
     }
 
     /// The chunks `replica` misses of `ino`: `None` for all of them (or no mark).
     pub fn stale_chunks(&self, ino: Ino, replica: usize) -> Option<Chunks> {
         let node = self.nodes.get(&ino)?;
-        node.partial
-            .as_ref()?
+        node.partial()
             .iter()
             .find(|(r, _)| *r == replica)
             .map(|(_, c)| c.clone())
@@ -703,7 +731,7 @@ impl InodeTable {
 
     /// Whether `ino` was seen with several hard links (it is indexed by backing identity).
     pub fn multi_link(&self, ino: Ino) -> bool {
-        self.nodes.get(&ino).is_some_and(|n| n.keys.is_some())
+        self.nodes.get(&ino).is_some_and(|n| n.keys().is_some())
     }
 
     /// The marks on `ino`: (replicas stale for data, replicas stale for entries).
