@@ -6,6 +6,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use fuser::{FileAttr, FileType, TimeOrNow};
@@ -67,12 +68,29 @@ impl MirrorFs {
     pub fn getattr(&self, ino: Ino, fh: Option<u64>) -> io::Result<FileAttr> {
         let handle = fh.and_then(|fh| self.files.get(fh));
         let set = self.readable(ino);
-        let st = self.read_any("getattr", set, Scope::Meta(ino), |r| {
-            match handle.as_ref().and_then(|h| h.fd(r.index)) {
-                Some(fd) => sys::fstat(fd.as_fd()),
-                None => self.stat_on(r, ino),
-            }
-        })?;
+        let stat = |r: &Replica| match handle.as_ref().and_then(|h| h.fd(r.index)) {
+            Some(fd) => sys::fstat(fd.as_fd()),
+            None => self.stat_on(r, ino),
+        };
+        // A written file's replicas each have their own times until close gives them the
+        // write source's: until then the kernel gets the source's, or it would keep (for
+        // as long as it caches attributes) a time no replica ends with.
+        let pending = self
+            .files
+            .find(|h| h.ino == ino && h.wrote.load(Ordering::Relaxed))
+            .is_some();
+        let source = pending
+            .then(|| self.write_order(set).first().map(|r| r.index))
+            .flatten();
+        let st = match source {
+            Some(i) => match self.read_any("getattr", 1 << i, Scope::Meta(ino), stat) {
+                Err(e) if sys::is_fault(sys::errno(&e)) => {
+                    self.read_any("getattr", set & !(1 << i), Scope::Meta(ino), stat)
+                }
+                answer => answer,
+            },
+            None => self.read_any("getattr", set, Scope::Meta(ino), stat),
+        }?;
         Ok(attr::file_attr(ino, &st))
     }
 

@@ -38,8 +38,9 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
-/// Whether the caller may keep set-ID bits through a truncate (CAP_FSETID, taken to be
-/// root's): the kernel marks writes that drop them, not truncates.
+/// Whether the caller may keep set-ID bits through a truncate or an O_TRUNC open
+/// (CAP_FSETID, taken to be root's). The kernel flags writes that drop them; it flags
+/// truncates and opens too, but fuser does not pass those flags on.
 fn privileged(req: &Request) -> bool {
     req.uid() == 0
 }

@@ -729,6 +729,11 @@ impl InodeTable {
         }
     }
 
+    /// Whether `ino` is open through the mount.
+    pub fn is_open(&self, ino: Ino) -> bool {
+        self.nodes.get(&ino).is_some_and(|n| n.open > 0)
+    }
+
     /// Whether `ino` was seen with several hard links (it is indexed by backing identity).
     pub fn multi_link(&self, ino: Ino) -> bool {
         self.nodes.get(&ino).is_some_and(|n| n.keys().is_some())

@@ -84,6 +84,9 @@ impl Cover {
 pub struct Intents {
     epoch: u64,
     covered: [HashMap<Ino, Cover>; 2],
+    /// Whether a node with intents in the epoch was forgotten by the kernel: looked up
+    /// again, it has another inode number, which the intents do not know.
+    forgotten: [bool; 2],
 }
 
 impl Default for Intents {
@@ -91,6 +94,7 @@ impl Default for Intents {
         Intents {
             epoch: 1,
             covered: Default::default(),
+            forgotten: [false; 2],
         }
     }
 }
@@ -137,9 +141,17 @@ impl Intents {
         self.covered[slot].entry(ino).or_default().attributes = true;
     }
 
-    /// Whether an unsettled intent names `ino`.
+    /// Whether an unsettled intent may name `ino`: one names it, or one names a node the
+    /// kernel forgot (which may be `ino` now).
     pub fn names(&self, ino: Ino) -> bool {
-        self.covered.iter().any(|c| c.contains_key(&ino))
+        self.covered.iter().any(|c| c.contains_key(&ino)) || self.forgotten.contains(&true)
+    }
+
+    /// The kernel forgot `inos` (the table dropped them).
+    pub fn forget(&mut self, inos: &[Ino]) {
+        for (covered, forgotten) in self.covered.iter().zip(&mut self.forgotten) {
+            *forgotten |= inos.iter().any(|i| covered.contains_key(i));
+        }
     }
 
     /// How many inodes have unsettled intents.
@@ -173,6 +185,7 @@ impl Intents {
     /// Forgets the intents of a closed epoch that is settled.
     pub fn settled(&mut self, epoch: u64) {
         self.covered[(epoch % 2) as usize].clear();
+        self.forgotten[(epoch % 2) as usize] = false;
     }
 
     /// Records of every unsettled intent, along the paths the table has now.
@@ -266,10 +279,11 @@ impl MirrorFs {
         Ok(self.flights.begin(j.intents.epoch()))
     }
 
-    /// A regular file or directory `ino` was made by the change under `flight`, which
-    /// intended its parent's listing: see [`Intents::born`].
+    /// A regular file `ino` was made by the change under `flight`, which intended its
+    /// parent's listing: see [`Intents::born`]. (A directory's times, which tools set
+    /// right after making it, are not compared when a listing is repaired.)
     pub(crate) fn born(&self, flight: &Flight, ino: Ino, kind: FileType) {
-        if matches!(kind, FileType::RegularFile | FileType::Directory) {
+        if kind == FileType::RegularFile {
             self.journal().intents.born(flight.slot, ino);
         }
     }
@@ -378,6 +392,19 @@ mod tests {
         // In the next epoch its attributes are recorded again.
         i.close();
         assert_eq!(i.add(&t, &[Scope::Meta(f)]).len(), 1);
+    }
+
+    #[test]
+    fn a_forgotten_node_leaves_every_node_possibly_named_until_settled() {
+        let mut i = Intents::default();
+        i.covered[1].insert(7, Cover::default());
+        assert!(!i.names(8));
+        i.forget(&[7]);
+        // Looked up again, the node the intent names may have any number.
+        assert!(i.names(8));
+        assert_eq!(i.close(), Some(1));
+        i.settled(1);
+        assert!(!i.names(8));
     }
 
     #[test]

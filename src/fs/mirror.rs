@@ -415,13 +415,18 @@ impl MirrorFs {
     }
 
     /// Whether every node `scopes` name has no name left and no open descriptor on
-    /// replica `index`, so that it no longer exists there.
+    /// replica `index`, so that it no longer exists there. (A node seen with several
+    /// hard links may keep names the table never learnt.)
     fn gone_on(&self, index: usize, scopes: &[Scope]) -> bool {
         let r = &self.replicas[index];
         scopes.iter().all(|s| {
+            let ino = s.ino();
             !matches!(s, Scope::Entries(_))
-                && self.table().location(s.ino()).is_none()
-                && self.any_handle(r, s.ino()).is_none()
+                && {
+                    let table = self.table();
+                    table.location(ino).is_none() && !table.multi_link(ino)
+                }
+                && self.any_handle(r, ino).is_none()
         })
     }
 
