@@ -294,3 +294,35 @@ fn reads_avoid_a_replica_ten_times_slower() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn a_stat_while_a_file_is_written_caches_the_times_every_replica_ends_with() {
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+    let m = Mirror::setup(2).faulty(0).faulty(1).mount();
+    fs::write(m.path("f"), b"x").unwrap();
+    // The first replica, where writes go first and whose times close gives the others,
+    // is slow to read: getattr would rather ask the second.
+    m.faults(0).delay_us.store(2000, Ordering::Relaxed);
+    assert_eq!(read_uncached(&m.path("f")).unwrap(), b"x");
+    m.wait_slower(&[0], 1);
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(m.path("f"))
+        .unwrap();
+    // The second replica takes the write 10 ms later: its mtime differs until close.
+    m.faults(1).write_delay_us.store(10_000, Ordering::Relaxed);
+    f.write_all(b"y").unwrap();
+    m.faults(1).write_delay_us.store(0, Ordering::Relaxed);
+    // The kernel caches what this stat answers, for as long as its cache TTL (a day).
+    let during = f.metadata().unwrap();
+    drop(f);
+    m.faults(0).delay_us.store(0, Ordering::Relaxed);
+    let after = fs::metadata(m.path("f")).unwrap();
+    let on = |i: usize| fs::metadata(m.replica(i, "f")).unwrap();
+    let mtime = |md: &fs::Metadata| (md.mtime(), md.mtime_nsec());
+    assert_eq!(mtime(&on(0)), mtime(&on(1)), "replicas end with one mtime");
+    assert_eq!(mtime(&during), mtime(&on(0)), "the stat during the write");
+    assert_eq!(mtime(&after), mtime(&on(0)), "the stat after close");
+    m.assert_in_sync();
+}
