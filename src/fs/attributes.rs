@@ -80,7 +80,7 @@ impl MirrorFs {
             .find(|h| h.ino == ino && h.wrote.load(Ordering::Relaxed))
             .is_some();
         let source = pending
-            .then(|| self.write_order(set).first().map(|r| r.index))
+            .then(|| self.write_source(set).map(|r| r.index))
             .flatten();
         let st = match source {
             Some(i) => match self.read_any("getattr", 1 << i, Scope::Meta(ino), stat) {

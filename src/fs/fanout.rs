@@ -66,6 +66,14 @@ pub fn members(replicas: &[Replica], set: ReplicaSet) -> impl Iterator<Item = &R
     replicas.iter().filter(move |r| set & (1 << r.index) != 0)
 }
 
+/// Runs `f` on replica `r`, recording how long it took as a write latency.
+pub fn timed<T>(r: &Replica, f: impl FnOnce(&Replica) -> T) -> (usize, T) {
+    let started = Instant::now();
+    let result = f(r);
+    r.write_latency.record(started.elapsed());
+    (r.index, result)
+}
+
 /// Runs `f` on every replica of `targets` and judges the results.
 pub fn apply<T>(
     replicas: &[Replica],
@@ -74,44 +82,38 @@ pub fn apply<T>(
 ) -> Fanned<T> {
     combine(
         members(replicas, targets)
-            .map(|r| {
-                let started = Instant::now();
-                let result = f(r);
-                r.write_latency.record(started.elapsed());
-                (r.index, result)
-            })
+            .map(|r| timed(r, &mut f))
             .collect(),
     )
 }
 
-/// [`apply`], on every target at once: for steps that wait long (a flush to disk), where a
-/// thread costs less than the wait it overlaps.
+/// [`apply`], on every target at once.
 pub fn apply_parallel<T: Send>(
     replicas: &[Replica],
     targets: ReplicaSet,
     f: impl Fn(&Replica) -> io::Result<T> + Sync,
 ) -> Fanned<T> {
     let order: Vec<&Replica> = members(replicas, targets).collect();
-    let Some((first, rest)) = order.split_first() else {
-        return combine(Vec::new());
+    combine(at_once(&order, |r| timed(r, &f)))
+}
+
+/// Runs `f` on every item at once (the first on this thread, each other on its own) and
+/// returns the results in the items' order: for steps that wait long (a flush to disk, a
+/// large copy), where a thread costs less than the wait it overlaps.
+pub fn at_once<I: Sync, T: Send>(items: &[I], f: impl Fn(&I) -> T + Sync) -> Vec<T> {
+    let Some((first, rest)) = items.split_first() else {
+        return Vec::new();
     };
-    let timed = |r: &Replica| {
-        let started = Instant::now();
-        let result = f(r);
-        r.write_latency.record(started.elapsed());
-        (r.index, result)
-    };
-    let results = std::thread::scope(|scope| {
-        let others: Vec<_> = rest.iter().map(|r| scope.spawn(|| timed(r))).collect();
-        let mut results = vec![timed(first)];
+    std::thread::scope(|scope| {
+        let others: Vec<_> = rest.iter().map(|i| scope.spawn(|| f(i))).collect();
+        let mut results = vec![f(first)];
         results.extend(
             others
                 .into_iter()
                 .map(|t| t.join().expect("a replica step panicked")),
         );
         results
-    });
-    combine(results)
+    })
 }
 
 /// Judges per-replica results given in preference order.

@@ -239,23 +239,16 @@ impl MirrorFs {
         let queues = self.lanes.is_some();
         let order = self.write_order(fresh & !lagging);
         let write_on = |r: &Replica| {
-            let started = std::time::Instant::now();
-            let written = match self.handle_fd(&h, r) {
+            fanout::timed(r, |r| match self.handle_fd(&h, r) {
                 Ok(fd) => sys::pwrite_all(fd.as_fd(), data, offset),
                 Err(e) => Err((0, e)),
-            };
-            r.write_latency.record(started.elapsed());
-            (r.index, written)
+            })
         };
         let mut results: Vec<(usize, sys::WriteOutcome)> = Vec::new();
         if !queues && order.len() > 1 && data.len() >= PARALLEL_WRITE {
             // A large write goes to every replica at once: a thread costs less than the
             // copy it overlaps.
-            std::thread::scope(|s| {
-                let others: Vec<_> = order[1..].iter().map(|r| s.spawn(|| write_on(r))).collect();
-                results.push(write_on(order[0]));
-                results.extend(others.into_iter().map(|t| t.join().expect("write thread")));
-            });
+            results = fanout::at_once(&order, |r| write_on(r));
         } else {
             for r in order {
                 let (index, written) = write_on(r);
@@ -332,7 +325,7 @@ impl MirrorFs {
             retry_later();
             return;
         };
-        let Some(&source) = self.write_order(set).first() else {
+        let Some(source) = self.write_source(set) else {
             return;
         };
         let Ok(st) = self
@@ -377,7 +370,7 @@ impl MirrorFs {
             } => {
                 // The primary: the replica the file's writes went to first.
                 let set = self.readable(h.ino);
-                self.write_order(set).first().map_or(0, |r| 1 << r.index)
+                self.write_source(set).map_or(0, |r| 1 << r.index)
             }
             Mode::Async { .. } => {
                 self.drain_ino(h.ino);

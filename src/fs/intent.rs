@@ -304,8 +304,7 @@ impl MirrorFs {
         };
         self.flights.wait(epoch);
         for r in self.members(self.active()) {
-            let synced = r.syncfs();
-            if let Err(e) = synced {
+            if let Err(e) = r.syncfs() {
                 warn!(
                     replica = %r.path.display(),
                     error = %sys::describe(&e),

@@ -37,6 +37,14 @@ pub struct MaxLag {
     pub jobs: u64,
 }
 
+impl MaxLag {
+    /// Unless told otherwise: 256 MiB and 65,536 operations.
+    pub const DEFAULT: MaxLag = MaxLag {
+        bytes: 256 << 20,
+        jobs: 65_536,
+    };
+}
+
 /// A change queued for one replica.
 pub struct Job {
     pub op: &'static str,
@@ -159,18 +167,21 @@ impl Lanes {
         Route::Queued
     }
 
+    /// The replicas whose queue is `such`.
+    fn queues_where(&self, such: impl Fn(&Queue) -> bool) -> ReplicaSet {
+        (0..self.lanes.len())
+            .filter(|&i| such(&self.queue(i)))
+            .fold(0, |s, i| s | (1 << i))
+    }
+
     /// The replicas with jobs queued for `ino`.
     pub fn lagging(&self, ino: Ino) -> ReplicaSet {
-        (0..self.lanes.len())
-            .filter(|&i| self.queue(i).per_ino.contains_key(&ino))
-            .fold(0, |s, i| s | (1 << i))
+        self.queues_where(|q| q.per_ino.contains_key(&ino))
     }
 
     /// The replicas with any job queued.
     pub fn busy(&self) -> ReplicaSet {
-        (0..self.lanes.len())
-            .filter(|&i| self.queue(i).jobs > 0)
-            .fold(0, |s, i| s | (1 << i))
+        self.queues_where(|q| q.jobs > 0)
     }
 
     /// Waits until no lane has a job queued for any of `inos` (for every job, with an
@@ -251,9 +262,7 @@ impl MirrorFs {
             // marked already).
             self.diverged(op, &[(index, 0)], &[scope]);
         } else {
-            let started = Instant::now();
-            let result = apply(self, r);
-            r.write_latency.record(started.elapsed());
+            let (_, result) = crate::fs::fanout::timed(r, |r| apply(self, r));
             if let Err(e) = result {
                 self.diverged(op, &[(index, sys::errno(&e))], &[scope]);
             }
@@ -316,6 +325,14 @@ impl MirrorFs {
         guards
     }
 
+    /// The replica of `fresh` a write tries first: [`Self::write_order`]'s first.
+    pub(crate) fn write_source(&self, fresh: ReplicaSet) -> Option<&Replica> {
+        match self.set.primary(&self.replicas) {
+            Some(p) if fresh & (1 << p) != 0 => Some(&self.replicas[p]),
+            _ => self.members(fresh).next(),
+        }
+    }
+
     /// The replicas of `fresh` in the order a write tries them: in async mode the primary
     /// first.
     pub(crate) fn write_order(&self, fresh: ReplicaSet) -> Vec<&Replica> {
@@ -340,12 +357,14 @@ impl MirrorFs {
         let Some(lanes) = self.async_lanes() else {
             return (guards, 0);
         };
-        if let Some(first) = self.write_order(self.fresh(ino)).first()
-            && lanes.lagging(ino) & (1 << first.index) != 0
-        {
-            lanes.drain(&[ino]);
+        let lagging = lanes.lagging(ino);
+        match self.write_source(self.fresh(ino)) {
+            Some(first) if lagging & (1 << first.index) != 0 => {
+                lanes.drain(&[ino]);
+                (guards, lanes.lagging(ino))
+            }
+            _ => (guards, lagging),
         }
-        (guards, lanes.lagging(ino))
     }
 
     /// The replicas with a job queued (or running) for `ino`.

@@ -54,6 +54,13 @@ pub enum Mode {
     },
 }
 
+impl Mode {
+    /// Whether writes are queued for the replicas other than the primary.
+    pub fn queues(&self) -> bool {
+        matches!(self, Mode::Async { .. })
+    }
+}
+
 /// What a replica that diverged is out of sync for.
 #[derive(Clone, Copy, Debug)]
 pub enum Scope {
@@ -494,8 +501,7 @@ impl MirrorFs {
     /// Flushes every replica's filesystem.
     fn sync_replicas(&self) {
         for r in &self.replicas {
-            let synced = r.syncfs();
-            if let Err(e) = synced {
+            if let Err(e) = r.syncfs() {
                 warn!(replica = %r.path.display(), error = %e, "syncfs failed");
             }
         }

@@ -664,18 +664,10 @@ impl MirrorFs {
 /// waits for the disk; done one after the other, they would add up). Returns the
 /// failures.
 fn flush_all<'a>(written: &[(&'a Replica, std::fs::File)]) -> Vec<(&'a Replica, io::Error)> {
-    let flush = |(r, file): &(&'a Replica, std::fs::File)| file.sync_data().err().map(|e| (*r, e));
-    let Some((first, rest)) = written.split_first() else {
-        return Vec::new();
-    };
-    std::thread::scope(|scope| {
-        let others: Vec<_> = rest.iter().map(|w| scope.spawn(move || flush(w))).collect();
-        let mut failed: Vec<_> = flush(first).into_iter().collect();
-        for other in others {
-            failed.extend(other.join().expect("a journal flush panicked"));
-        }
-        failed
-    })
+    crate::fs::fanout::at_once(written, |(r, file)| file.sync_data().err().map(|e| (*r, e)))
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// A multi-link node's data marks, before a change that may take its last known name.

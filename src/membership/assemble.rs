@@ -383,6 +383,16 @@ mod tests {
         }
     }
 
+    /// Assembles replicas named a, b, ... that hold `states`.
+    fn assemble_states(states: &[&ReplicaState]) -> Result<Assembly, String> {
+        let given: Vec<Given> = states
+            .iter()
+            .zip(["a", "b", "c"])
+            .map(|(s, name)| given(name, Some((*s).clone()), false))
+            .collect();
+        assemble(&given, false, None)
+    }
+
     /// States of an `n`-replica set in sync.
     fn set(n: usize) -> Vec<ReplicaState> {
         let g = vec![given("a", None, true); n];
@@ -441,14 +451,7 @@ mod tests {
     #[test]
     fn replicas_of_another_set_are_refused() {
         let (x, y) = (set(1), set(1));
-        let e = assemble(
-            &[
-                given("a", Some(x[0].clone()), false),
-                given("b", Some(y[0].clone()), false),
-            ],
-            false,
-            None,
-        );
+        let e = assemble_states(&[&x[0], &y[0]]);
         assert!(e.unwrap_err().contains("another mirror set"));
     }
 
@@ -456,19 +459,11 @@ mod tests {
     fn a_replica_left_behind_is_behind_and_absent_members_advance_the_rest() {
         let s = set(2);
         // Mount a alone: b is absent, so a moves on.
-        let alone = assemble(&[given("a", Some(s[0].clone()), false)], false, None).unwrap();
+        let alone = assemble_states(&[&s[0]]).unwrap();
         assert!(s[0].is_behind(&alone.states[0]));
         assert!(alone.notes[0].contains("not given"));
         let a_now = alone.states[0].clone();
-        let both = assemble(
-            &[
-                given("a", Some(a_now), false),
-                given("b", Some(s[1].clone()), false),
-            ],
-            false,
-            None,
-        )
-        .unwrap();
+        let both = assemble_states(&[&a_now, &s[1]]).unwrap();
         assert_eq!(both.roles, vec![Role::InSync, Role::Behind]);
         assert_eq!(both.head, 0);
     }
@@ -476,22 +471,9 @@ mod tests {
     #[test]
     fn a_replica_behind_resumes_from_the_journal_only_when_it_tracks_it() {
         let s = set(2);
-        let mut a_now = assemble(&[given("a", Some(s[0].clone()), false)], false, None)
-            .unwrap()
-            .states[0]
-            .clone();
+        let mut a_now = assemble_states(&[&s[0]]).unwrap().states[0].clone();
         a_now.clean = true;
-        let both_with = |a: &ReplicaState| {
-            assemble(
-                &[
-                    given("a", Some(a.clone()), false),
-                    given("b", Some(s[1].clone()), false),
-                ],
-                false,
-                None,
-            )
-            .unwrap()
-        };
+        let both_with = |a: &ReplicaState| assemble_states(&[a, &s[1]]).unwrap();
         let both = || both_with(&a_now);
         // No journal: compared in full.
         let mut m = both();
@@ -532,19 +514,11 @@ mod tests {
         a.lags = true;
         let mut b = s[0].clone();
         b.replica = s[1].replica.clone();
-        let m = assemble(
-            &[
-                given("a", Some(a.clone()), false),
-                given("b", Some(b), false),
-            ],
-            false,
-            None,
-        )
-        .unwrap();
+        let m = assemble_states(&[&a, &b]).unwrap();
         assert_eq!(m.head, 1);
         // After a crash, without the primary, it is refused.
         a.clean = false;
-        let e = assemble(&[given("a", Some(a), false)], false, None).unwrap_err();
+        let e = assemble_states(&[&a]).unwrap_err();
         assert!(e.contains("may lag behind the primary"), "{e}");
     }
 
@@ -556,17 +530,7 @@ mod tests {
         let mut b = s[0].clone();
         b.replica = s[1].replica.clone();
         b.clean = false;
-        let m = |a: &ReplicaState| {
-            assemble(
-                &[
-                    given("a", Some(a.clone()), false),
-                    given("b", Some(b.clone()), false),
-                ],
-                false,
-                None,
-            )
-            .unwrap()
-        };
+        let m = |a: &ReplicaState| assemble_states(&[a, &b]).unwrap();
         let mut j = Pending::default();
         j.apply(crate::membership::journal::Record::Intent {
             epoch: 4,
@@ -594,17 +558,9 @@ mod tests {
     #[test]
     fn two_replicas_that_each_moved_on_are_a_split_brain() {
         let s = set(2);
-        let a = assemble(&[given("a", Some(s[0].clone()), false)], false, None).unwrap();
+        let a = assemble_states(&[&s[0]]).unwrap();
         let b = assemble(&[given("b", Some(s[1].clone()), false)], false, None).unwrap();
-        let e = assemble(
-            &[
-                given("a", Some(a.states[0].clone()), false),
-                given("b", Some(b.states[0].clone()), false),
-            ],
-            false,
-            None,
-        )
-        .unwrap_err();
+        let e = assemble_states(&[&a.states[0], &b.states[0]]).unwrap_err();
         assert!(e.contains("split brain"), "{e}");
         assert!(e.contains("mirrorfs repair --source a b"), "{e}");
     }

@@ -65,9 +65,6 @@ fn fuse_config(opts: &MountOptions, threads: usize) -> Config {
 /// that applications keep most of it.
 const DEFAULT_REPAIR_RATE: u64 = 100 << 20;
 
-/// Bytes a replica's queue holds at most in async mode unless told otherwise.
-const DEFAULT_MAX_LAG_BYTES: u64 = 256 << 20;
-
 /// Seconds the kernel caches names and attributes unless told otherwise: long, because
 /// mirrorfs is the only writer of its replicas and every change through the mount
 /// updates or invalidates what the kernel holds.
@@ -112,10 +109,7 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
             Mode::Async {
                 max_lag: match &args.max_lag {
                     Some(text) => options::parse_max_lag(text)?,
-                    None => MaxLag {
-                        bytes: DEFAULT_MAX_LAG_BYTES,
-                        jobs: options::DEFAULT_MAX_LAG_JOBS,
-                    },
+                    None => MaxLag::DEFAULT,
                 },
                 fsync_all: args.fsync_all,
             }
@@ -153,7 +147,7 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
     let mut locks = lock::lock_existing(&plan.replicas, &plan.roots)?;
     let mut assembly = assemble(&plan, &args)?;
     // In async mode every replica but the primary (the head) may lag behind it.
-    let queued = matches!(fs_options.mode, Mode::Async { .. });
+    let queued = fs_options.mode.queues();
     for (i, st) in assembly.states.iter_mut().enumerate() {
         st.lags = queued && i != assembly.head;
     }
@@ -363,7 +357,7 @@ fn start(
             warn!(replica = %path.display(), "replica is not in sync; it is not used until it is repaired");
         }
     }
-    let queued = matches!(fs_options.mode, Mode::Async { .. });
+    let queued = fs_options.mode.queues();
     let set = MirrorSet::new(assembly, opts.read_only(), queued);
     let fs = Arc::new(MirrorFs::new(replicas, fs_options, set));
     fs.resume(&assembly.missed);

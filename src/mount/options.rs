@@ -68,13 +68,10 @@ pub fn parse_max_lag(text: &str) -> Result<MaxLag, CliError> {
             .ok()
             .filter(|&j| j > 0)
             .ok_or_else(bad)?,
-        None => DEFAULT_MAX_LAG_JOBS,
+        None => MaxLag::DEFAULT.jobs,
     };
     Ok(MaxLag { bytes, jobs })
 }
-
-/// Operations a lane holds at most unless told otherwise.
-pub const DEFAULT_MAX_LAG_JOBS: u64 = 65_536;
 
 /// A byte count with an optional K, M or G suffix.
 fn parse_size(text: &str) -> Option<u64> {

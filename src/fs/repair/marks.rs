@@ -104,7 +104,7 @@ impl MirrorFs {
                     }
                 };
                 let candidates = current & sources & !(1 << index) & !lagging;
-                let Some(s) = self.write_order(candidates).into_iter().next() else {
+                let Some(s) = self.write_source(candidates) else {
                     continue;
                 };
                 let done = if entries {

@@ -278,8 +278,7 @@ impl MirrorFs {
     /// Flushes `r`'s filesystem, so that what repair copied is on disk before the replica
     /// is recorded as in sync.
     fn flushed(&self, r: &Replica) -> bool {
-        let synced = r.syncfs();
-        match synced {
+        match r.syncfs() {
             Ok(()) => true,
             Err(e) => {
                 warn!(
@@ -327,11 +326,7 @@ impl MirrorFs {
         self.repair.begin(files, bytes, pending);
         for r in self.repairable().filter(|r| full & (1 << r.index) != 0) {
             // In async mode the primary first: it has no writes queued.
-            if let Some(&s) = self
-                .write_order(sources)
-                .iter()
-                .find(|s| s.index != r.index)
-            {
+            if let Some(s) = self.write_source(sources & !(1 << r.index)) {
                 self.compare_in_full(s, r);
             }
         }
