@@ -159,6 +159,30 @@ pub fn statat(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Stat> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// When `name` in `dir` was made, in seconds since 1970 by its filesystem's clock: its
+/// birth time, or where the filesystem keeps none, its change time (which is later).
+pub fn made_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<i64> {
+    let name = cstr(name)?;
+    let mut stx = MaybeUninit::<libc::statx>::uninit();
+    // SAFETY: valid fd, NUL-terminated name and a buffer of the right size.
+    check(unsafe {
+        libc::statx(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_BTIME | libc::STATX_CTIME,
+            stx.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: statx succeeded and filled the buffer.
+    let stx = unsafe { stx.assume_init() };
+    Ok(if stx.stx_mask & libc::STATX_BTIME != 0 {
+        stx.stx_btime.tv_sec
+    } else {
+        stx.stx_ctime.tv_sec
+    })
+}
+
 pub fn mkdirat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
     let name = cstr(name)?;
     // SAFETY: valid fd and NUL-terminated name.

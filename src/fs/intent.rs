@@ -8,10 +8,11 @@
 //! appended to the journal of every current replica and flushed to disk. Intents are
 //! grouped in epochs of a few seconds; a path is recorded once per epoch (a sequential
 //! writer's chunks in runs that grow ahead of it), so a busy file costs a record per epoch,
-//! not per write. A background thread settles each epoch (GlusterFS's delayed post-op):
-//! once every change begun in it has ended on every replica, queued ones included, and
-//! every replica's filesystem has been synced, a `settled` record voids its intents. After
-//! an unclean end, the unsettled intents are the paths that may differ.
+//! not per write, and a file made in the epoch none (its listing's intent covers it). A
+//! background thread settles each epoch (GlusterFS's delayed post-op): once every change
+//! begun in it has ended on every replica, queued ones included, and every replica's
+//! filesystem has been synced, a `settled` record voids its intents. After an unclean end,
+//! the unsettled intents are the paths that may differ.
 
 use std::collections::HashMap;
 use std::mem::replace;
@@ -30,12 +31,18 @@ use crate::sys;
 /// How long an epoch collects intents before it is settled.
 pub const EPOCH: Duration = Duration::from_secs(2);
 
+/// How much earlier than its listing's intent says a new file may have been made, for
+/// clocks that step back a little and coarse timestamps.
+pub const CLOCK_SLACK: u64 = 5;
+
 /// What the intents of one epoch cover of one inode.
 #[derive(Debug, Default)]
 struct Cover {
     whole: bool,
     attributes: bool,
     entries: bool,
+    /// A regular file made in the epoch: see [`Intents::born`].
+    born: bool,
     chunks: Chunks,
 }
 
@@ -46,7 +53,7 @@ impl Cover {
         let partial = matches!(kind, Some(FileType::RegularFile | FileType::Directory));
         match scope {
             Scope::Entries(_) => (!replace(&mut self.entries, true)).then_some(What::Entries),
-            _ if self.whole => None,
+            _ if self.whole || self.born => None,
             Scope::Meta(_) if partial => {
                 (!replace(&mut self.attributes, true)).then_some(What::Chunks(Vec::new()))
             }
@@ -84,6 +91,8 @@ impl Cover {
 pub struct Intents {
     epoch: u64,
     covered: [HashMap<Ino, Cover>; 2],
+    /// When each epoch's first intent was made (seconds since 1970).
+    started: [u64; 2],
     /// Whether a node with intents in the epoch was forgotten by the kernel: looked up
     /// again, it has another inode number, which the intents do not know.
     forgotten: [bool; 2],
@@ -94,6 +103,7 @@ impl Default for Intents {
         Intents {
             epoch: 1,
             covered: Default::default(),
+            started: [0; 2],
             forgotten: [false; 2],
         }
     }
@@ -109,7 +119,12 @@ impl Intents {
     /// covered yet. Nodes with no name left need none: nothing reaches them by path.
     pub fn add(&mut self, table: &InodeTable, scopes: &[Scope]) -> Vec<Record> {
         let epoch = self.epoch;
-        let covered = &mut self.covered[(epoch % 2) as usize];
+        let slot = (epoch % 2) as usize;
+        if self.covered[slot].is_empty() {
+            self.started[slot] = now();
+        }
+        let new_since = self.new_since();
+        let covered = &mut self.covered[slot];
         let mut records = Vec::new();
         for &scope in scopes {
             let ino = scope.ino();
@@ -124,21 +139,33 @@ impl Intents {
                 }
                 continue;
             };
-            records.push(Record::Intent {
-                epoch,
-                path: RecPath(path),
-                what,
-            });
+            records.push(intent(epoch, RecPath(path), what, new_since));
         }
         records
     }
 
-    /// `ino` was made by a change begun in the epoch of parity `slot`, whose intents cover
-    /// its parent's listing. After a crash, repairing a listing compares the attributes
-    /// of every entry in it, so that intent covers the new node's attributes too: changing
-    /// them in the same epoch (timestamps made equal at close) needs no record.
+    /// When the oldest epoch not settled began: every file made since an unsettled
+    /// intent was recorded was made after it.
+    fn new_since(&self) -> u64 {
+        let previous = ((self.epoch + 1) % 2) as usize;
+        if self.covered[previous].is_empty() {
+            self.started[(self.epoch % 2) as usize]
+        } else {
+            self.started[previous]
+        }
+    }
+
+    /// Regular file `ino` was made by a change begun in the epoch of parity `slot`, whose
+    /// intents cover its parent's listing. That intent covers the new file whole, so
+    /// that writing it and setting its attributes in the same epoch need no record of
+    /// their own (an untar would otherwise flush the journal once per file): after a
+    /// crash, repairing a listing compares the attributes of every entry in it, and takes
+    /// whole the regular files made since its intent says (see
+    /// [`Intents::new_since`]), wherever they were moved or linked to since.
     fn born(&mut self, slot: usize, ino: Ino) {
-        self.covered[slot].entry(ino).or_default().attributes = true;
+        let cover = self.covered[slot].entry(ino).or_default();
+        cover.attributes = true;
+        cover.born = true;
     }
 
     /// Whether an unsettled intent may name `ino`: one names it, or one names a node the
@@ -190,6 +217,7 @@ impl Intents {
 
     /// Records of every unsettled intent, along the paths the table has now.
     pub fn snapshot(&self, table: &InodeTable) -> Vec<Record> {
+        let new_since = self.new_since();
         let mut records = Vec::new();
         for epoch in [self.epoch - 1, self.epoch] {
             for (ino, cover) in &self.covered[(epoch % 2) as usize] {
@@ -197,16 +225,31 @@ impl Intents {
                     continue;
                 };
                 for what in cover.whats() {
-                    records.push(Record::Intent {
-                        epoch,
-                        path: RecPath(path.clone()),
-                        what,
-                    });
+                    records.push(intent(epoch, RecPath(path.clone()), what, new_since));
                 }
             }
         }
         records
     }
+}
+
+/// An intent record; a listing's carries when the files it covers whole may have been
+/// made, with slack for the clock.
+fn intent(epoch: u64, path: RecPath, what: What, new_since: u64) -> Record {
+    let new_since = (what == What::Entries).then(|| new_since.saturating_sub(CLOCK_SLACK));
+    Record::Intent {
+        epoch,
+        path,
+        what,
+        new_since,
+    }
+}
+
+/// Seconds since 1970, by the daemon's clock.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Changes under way, counted by the parity of the epoch they began in (at most two
@@ -376,7 +419,7 @@ mod tests {
     }
 
     #[test]
-    fn a_node_made_under_a_covered_listing_needs_no_record_for_its_attributes() {
+    fn a_file_made_under_a_covered_listing_needs_no_record_in_its_epoch() {
         use crate::fs::inode::ROOT;
         let mut t = InodeTable::new();
         let d = t.lookup(ROOT, "d".as_ref(), FileType::Directory, &[], false);
@@ -386,11 +429,39 @@ mod tests {
         i.born((i.epoch() % 2) as usize, f);
         assert!(i.names(f));
         assert!(i.add(&t, &[Scope::Meta(f)]).is_empty());
-        // Its contents are not covered: a write is recorded.
-        assert_eq!(i.add(&t, &[Scope::Range(f, 0, 1)]).len(), 1);
-        // In the next epoch its attributes are recorded again.
+        // Nor for its contents: the listing's intent covers it whole.
+        assert!(i.add(&t, &[Scope::Range(f, 0, 1)]).is_empty());
+        // In the next epoch its attributes and writes are recorded again.
         i.close();
         assert_eq!(i.add(&t, &[Scope::Meta(f)]).len(), 1);
+        assert_eq!(i.add(&t, &[Scope::Range(f, 0, 1)]).len(), 1);
+    }
+
+    #[test]
+    fn a_listing_intent_says_since_when_files_made_under_it_may_differ() {
+        use crate::fs::inode::ROOT;
+        let mut t = InodeTable::new();
+        let dirs: Vec<Ino> = ["a", "b", "c"]
+            .iter()
+            .map(|n| t.lookup(ROOT, n.as_ref(), FileType::Directory, &[], false))
+            .collect();
+        let since = |records: Vec<Record>| match &records[..] {
+            [Record::Intent { new_since, .. }] => *new_since,
+            other => panic!("{other:?}"),
+        };
+        let mut i = Intents::default();
+        let first = since(i.add(&t, &[Scope::Entries(dirs[0])])).unwrap();
+        assert!(first.abs_diff(now()) <= CLOCK_SLACK + 1, "{first}");
+        // While the epoch it began in is not settled, a listing intended later (a file
+        // may be moved there) still reaches back to that epoch's start.
+        i.close();
+        i.started[1] = 1000;
+        assert_eq!(since(i.add(&t, &[Scope::Entries(dirs[1])])), Some(995));
+        i.settled(1);
+        let later = since(i.add(&t, &[Scope::Entries(dirs[2])])).unwrap();
+        assert!(later > 995);
+        // Other intents carry no time.
+        assert_eq!(since(i.add(&t, &[Scope::Meta(dirs[0])])), None);
     }
 
     #[test]

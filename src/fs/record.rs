@@ -20,6 +20,7 @@ use crate::fs::handles::Entry;
 use crate::fs::inode::{Added, Ino, InodeTable, ROOT, ReplicaSet};
 use crate::fs::intent::Intents;
 use crate::fs::mirror::{MirrorFs, Scope, divergence_reason};
+use crate::fs::repair::copy;
 use crate::membership::journal::{self, PathMarks, RecPath, Record, Tracked, What};
 use crate::replica::Replica;
 use crate::sys;
@@ -656,8 +657,78 @@ impl MirrorFs {
         if marks.entries {
             table.mark_entries(ino, index);
         }
+        drop(table);
+        if let Some(since) = marks.new_since.filter(|_| marks.entries) {
+            self.mark_new_files(source, index, ino, since)?;
+        }
         Ok(())
     }
+
+    /// Marks whole on `index` the regular files of listing `dir` made since `since` (by
+    /// the daemon's clock) on either side: the intent on the listing covered them whole
+    /// (see `Intents::born`), so a write to one may have reached one replica and not the
+    /// other with no record of its own.
+    fn mark_new_files(
+        &self,
+        source: &Replica,
+        index: usize,
+        dir: Ino,
+        since: u64,
+    ) -> io::Result<()> {
+        let target = &self.replicas[index];
+        let sides = [
+            (self.dir_fd(source, dir)?, clock_offset(source)?),
+            match self.dir_fd(target, dir) {
+                Ok(fd) => (fd, clock_offset(target)?),
+                // The listing repair makes the directory whole there.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+                Err(e) => return Err(e),
+            },
+        ];
+        let listing = copy::list(&self.open_dir_itself(source, dir)?, dir == ROOT)?;
+        for entry in listing {
+            if entry.kind != FileType::RegularFile {
+                continue;
+            }
+            let mut new = false;
+            for (fd, offset) in &sides {
+                match sys::made_at(fd.as_fd(), &entry.name) {
+                    Ok(made) => new |= made >= since as i64 + offset,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if !new {
+                continue;
+            }
+            if sys::statat(sides[0].0.as_fd(), &entry.name)?.st_nlink > 1 {
+                // As in `replay`: its other names are not known.
+                return Err(io::Error::other(format!(
+                    "{} in a listing in flight is new and has several hard links",
+                    entry.name.to_string_lossy()
+                )));
+            }
+            let mut table = self.table();
+            let child = table.ensure_child(dir, &entry.name, FileType::RegularFile);
+            table.mark_data(child, index);
+        }
+        Ok(())
+    }
+}
+
+/// How far `r`'s filesystem clock is ahead of the daemon's, in seconds: the change time a
+/// change made now leaves on the replica's metadata directory.
+fn clock_offset(r: &Replica) -> io::Result<i64> {
+    let root = r.root();
+    let meta = std::ffi::OsStr::new(crate::names::META_DIR);
+    let st = sys::statat(root.as_fd(), meta)?;
+    let mtime = libc::timespec {
+        tv_sec: st.st_mtime,
+        tv_nsec: st.st_mtime_nsec,
+    };
+    let now = crate::fs::intent::now() as i64;
+    sys::utimensat(root.as_fd(), meta, sys::Time::Omit, sys::Time::At(mtime))?;
+    Ok(sys::statat(root.as_fd(), meta)?.st_ctime - now)
 }
 
 /// Flushes journals to disk, each replica's at the same time as the others' (a flush

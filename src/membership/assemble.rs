@@ -536,6 +536,7 @@ mod tests {
             epoch: 4,
             path: crate::membership::journal::RecPath("d/f".into()),
             what: crate::membership::journal::What::Chunks(vec![(2, 3)]),
+            new_since: None,
         });
         let mut got = m(&a);
         assert_eq!(got.roles, vec![Role::InSync, Role::InSync]);

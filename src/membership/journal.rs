@@ -106,6 +106,11 @@ pub enum Record {
         epoch: u64,
         path: RecPath,
         what: What,
+        /// For a listing: its regular files made at or after this time (seconds since
+        /// 1970, the daemon's clock) may differ in contents too, with no record of their
+        /// own (see `Intents::born`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        new_since: Option<u64>,
     },
     /// Every change begun in `epoch` or earlier reached every replica it was meant for and
     /// is on disk there: those intents are void.
@@ -119,6 +124,9 @@ pub struct PathMarks {
     pub data: Option<Option<Chunks>>,
     /// Its listing, for a directory.
     pub entries: bool,
+    /// With `entries`: the regular files in it made at or after this time (seconds since
+    /// 1970, the daemon's clock) may differ in contents too.
+    pub new_since: Option<u64>,
 }
 
 impl PathMarks {
@@ -128,6 +136,10 @@ impl PathMarks {
 
     pub fn merge(&mut self, other: PathMarks) {
         self.entries |= other.entries;
+        self.new_since = match (self.new_since, other.new_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         self.data = match (self.data.take(), other.data) {
             (None, d) | (d, None) => d,
             (Some(None), _) | (_, Some(None)) => Some(None),
@@ -179,7 +191,7 @@ fn path_marks(what: What) -> PathMarks {
     match what {
         What::Data => PathMarks {
             data: Some(None),
-            entries: false,
+            ..PathMarks::default()
         },
         What::Chunks(ranges) => {
             let mut c = Chunks::default();
@@ -188,12 +200,12 @@ fn path_marks(what: What) -> PathMarks {
             }
             PathMarks {
                 data: Some(Some(c)),
-                entries: false,
+                ..PathMarks::default()
             }
         }
         What::Entries => PathMarks {
-            data: None,
             entries: true,
+            ..PathMarks::default()
         },
     }
 }
@@ -224,8 +236,15 @@ impl Pending {
                 };
                 t.marks.entry(path.0).or_default().merge(path_marks(what));
             }
-            Record::Intent { epoch, path, what } => {
-                self.add_intent(path.0, epoch, path_marks(what));
+            Record::Intent {
+                epoch,
+                path,
+                what,
+                new_since,
+            } => {
+                let mut marks = path_marks(what);
+                marks.new_since = new_since.filter(|_| marks.entries);
+                self.add_intent(path.0, epoch, marks);
             }
             Record::Settled { epoch } => self.intents.retain(|_, (e, _)| *e > epoch),
             Record::Clear {
@@ -483,6 +502,7 @@ mod tests {
             epoch,
             path: p(path),
             what,
+            new_since: None,
         }
     }
 
@@ -508,6 +528,34 @@ mod tests {
         assert_eq!(left[Path::new("g")].data, Some(None));
         let all = fold(&[intent(3, "x", What::Data), Record::Settled { epoch: 3 }]);
         assert!(all.in_flight().is_empty());
+    }
+
+    #[test]
+    fn a_listing_keeps_the_earliest_time_its_new_files_may_differ_from() {
+        let listing = |epoch, new_since| Record::Intent {
+            epoch,
+            path: p("d"),
+            what: What::Entries,
+            new_since: Some(new_since),
+        };
+        let line = String::from_utf8(encode(&[listing(1, 500)])).unwrap();
+        assert!(line.contains(r#""new_since":500"#), "{line}");
+        let older = String::from_utf8(encode(&[intent(1, "d", What::Entries)])).unwrap();
+        assert!(!older.contains("new_since"), "{older}");
+        let pending = fold(&[
+            listing(1, 500),
+            listing(2, 498),
+            listing(2, 503),
+            intent(2, "d/f", What::Data),
+            Record::Rename {
+                from: p("d"),
+                to: p("e"),
+                exchange: false,
+            },
+        ]);
+        let left = pending.in_flight();
+        assert_eq!(left[Path::new("e")].new_since, Some(498));
+        assert_eq!(left[Path::new("e/f")].new_since, None);
     }
 
     #[test]

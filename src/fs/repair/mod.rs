@@ -15,7 +15,7 @@
 //! foreground I/O keeps priority, and progress (files and bytes done of the total, rate,
 //! ETA) is kept for `mirrorfs health`.
 
-mod copy;
+pub(crate) mod copy;
 mod full;
 mod marks;
 
