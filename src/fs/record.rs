@@ -189,8 +189,9 @@ impl MirrorFs {
         cleared
     }
 
-    /// Applies a rename to the table, journaling it when a replica is tracked or intents
-    /// are open (marks and intents move with the names). Returns the inodes that left the table.
+    /// Applies a rename to the table, journaling it when a replica is tracked or an
+    /// intent may name what moves (marks and intents move with the names). Returns the
+    /// inodes that left the table.
     pub(crate) fn record_rename(
         &self,
         parent: Ino,
@@ -201,15 +202,6 @@ impl MirrorFs {
     ) -> Vec<Ino> {
         let mut j = self.journal();
         let mut table = self.table();
-        // Marks and intents move with the names.
-        let paths = (j.tracked_set() != 0 || j.intents.open())
-            .then(|| {
-                Some((
-                    table.relative_path(parent)?.join(name),
-                    table.relative_path(new_parent)?.join(new_name),
-                ))
-            })
-            .flatten();
         // Intents made under the old names must be found under the new ones after a
         // crash: the record is flushed when an intent names what moves (any intent, when a
         // directory moves: one may name what is below it).
@@ -224,6 +216,15 @@ impl MirrorFs {
                 j.intents.names(ino)
             }
         });
+        // Otherwise it moves nothing unless a replica is tracked: no record.
+        let paths = (durably || j.tracked_set() != 0)
+            .then(|| {
+                Some((
+                    table.relative_path(parent)?.join(name),
+                    table.relative_path(new_parent)?.join(new_name),
+                ))
+            })
+            .flatten();
         let displaced = linked_marks(&table, table.child(new_parent, new_name));
         let gone = table.rename(parent, name, new_parent, new_name, exchange);
         let lost = lost_marks(&table, displaced);
