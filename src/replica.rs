@@ -84,6 +84,9 @@ pub struct Replica {
     /// Something was mounted at the replica's path when the mirror was mounted: it comes
     /// back only as a mount point again (never as the bare directory under it).
     pub own_filesystem: bool,
+    /// Its filesystem (at mount) may report a write's error only at close: see
+    /// [`sys::defers_errors_to_close`].
+    pub defers_errors: bool,
     root: RwLock<Arc<OwnedFd>>,
     dirs: Mutex<HashMap<Ino, Arc<OwnedFd>>>,
     errors: Mutex<BTreeMap<i32, u64>>,
@@ -104,6 +107,7 @@ impl Replica {
             index,
             path: path.to_path_buf(),
             own_filesystem: is_mount_point(path),
+            defers_errors: sys::defers_errors_to_close(root.as_fd()).unwrap_or(true),
             root: RwLock::new(Arc::new(root)),
             dirs: Mutex::new(HashMap::new()),
             errors: Mutex::new(BTreeMap::new()),

@@ -535,6 +535,25 @@ pub fn fstatfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// Whether the filesystem holding `fd` may report a write's error only when the file is
+/// closed (or synced): network and FUSE filesystems do. The local ones named here report
+/// every error at the write itself, and nothing at close.
+pub fn defers_errors_to_close(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    const REPORT_AT_WRITE: [libc::c_long; 5] = [
+        0xEF53,     // ext2, ext3, ext4
+        0x58465342, // xfs
+        0x9123683E, // btrfs
+        0x01021994, // tmpfs
+        0xF2F52010, // f2fs
+    ];
+    let mut st = MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: valid fd and a buffer of the right size.
+    check(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatfs succeeded.
+    let kind = unsafe { st.assume_init() }.f_type;
+    Ok(!REPORT_AT_WRITE.contains(&kind))
+}
+
 /// `flock(fd, LOCK_EX | LOCK_NB)`; `Ok(false)` when another process holds the lock.
 pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
     // SAFETY: valid fd.

@@ -281,6 +281,15 @@ impl MirrorFs {
         result.map(|n| n as u32)
     }
 
+    /// Whether closing a handle opened with `flags` must be answered (FUSE_FLUSH) before
+    /// close(2) returns: only a writer's, and only when a replica's filesystem may report
+    /// a write's error at close, which `flush` passes on. Otherwise the kernel is told not
+    /// to ask, which saves a round trip per close; `release`, which close(2) does not wait
+    /// for, still makes the timestamps equal.
+    pub fn wants_flush(&self, flags: i32) -> bool {
+        flags & libc::O_ACCMODE != libc::O_RDONLY && self.replicas.iter().any(|r| r.defers_errors)
+    }
+
     pub fn flush(&self, fh: u64) -> io::Result<()> {
         let h = self.files.get(fh).ok_or_else(ebadf)?;
         // Closing a duplicate reports the errors a network filesystem defers to close.

@@ -87,6 +87,17 @@ fn negative_entry() -> fuser::FileAttr {
 pub struct FuseMirror(pub Arc<MirrorFs>);
 
 impl FuseMirror {
+    /// How the kernel handles a file opened with `flags`: its pages are kept across
+    /// opens (mirrorfs is the only writer of its replicas), and its closes are answered
+    /// only where that matters (see `MirrorFs::wants_flush`).
+    fn open_flags(&self, flags: i32) -> FopenFlags {
+        if self.0.wants_flush(flags) {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
+        }
+    }
+
     fn entry(&self, reply: ReplyEntry, result: io::Result<fuser::FileAttr>) {
         let ttl = self.0.options.ttl;
         match result {
@@ -274,7 +285,7 @@ impl Filesystem for FuseMirror {
             Ok(())
         };
         match truncated.and_then(|()| self.0.open(ino.0, flags.0)) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(fh) => reply.opened(FileHandle(fh), self.open_flags(flags.0)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -508,7 +519,7 @@ impl Filesystem for FuseMirror {
                 &attr,
                 GENERATION,
                 FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
+                self.open_flags(flags),
             ),
             Err(e) => reply.error(errno(e)),
         }

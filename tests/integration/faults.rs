@@ -56,6 +56,47 @@ fn when_every_replica_fails_the_application_gets_eio_not_a_hang() {
     }
 }
 
+/// Closes `f` as close(2) does, returning its result (`File`'s drop ignores it).
+fn close(f: fs::File) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    // SAFETY: the descriptor is owned here and closed once.
+    if unsafe { libc::close(f.into_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[test]
+fn an_error_a_replica_reports_at_close_reaches_the_application() {
+    use std::io::Write;
+    // The fault filesystem, like a network one, may report a write's error only when
+    // the file is closed: mirrorfs answers closes there (on local filesystems it tells
+    // the kernel not to ask).
+    let m = Mirror::setup(2).faulty(0).faulty(1).mount();
+    let mut f = fs::File::create(m.path("one")).unwrap();
+    f.write_all(b"kept by replica 0").unwrap();
+    m.faults(1).enospc_at_close.store(true, Ordering::Relaxed);
+    close(f).expect("one replica kept the file");
+    // The replica that failed it is marked for the file, and repair mends it.
+    let last = &m.status()["daemon"]["replicas"][1]["last_error"];
+    assert_eq!(
+        (last["op"].as_str(), last["errno"].as_i64()),
+        (Some("flush"), Some(28))
+    );
+    m.wait_in_sync();
+    let mut f = fs::File::create(m.path("both")).unwrap();
+    f.write_all(b"kept by none").unwrap();
+    m.faults(0).enospc_at_close.store(true, Ordering::Relaxed);
+    let e = close(f).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+    for i in 0..2 {
+        m.faults(i).enospc_at_close.store(false, Ordering::Relaxed);
+    }
+    m.wait_in_sync();
+    m.assert_in_sync();
+}
+
 #[test]
 fn a_failed_replica_is_readmitted_when_it_works_again() {
     let m = Mirror::setup(3).faulty(1).mount();

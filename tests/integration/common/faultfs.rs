@@ -32,6 +32,9 @@ pub struct Faults {
     pub delay_us: AtomicU64,
     /// Latency added to every write, in microseconds.
     pub write_delay_us: AtomicU64,
+    /// Closing a file fails with ENOSPC, as a network filesystem reports a write it
+    /// deferred.
+    pub enospc_at_close: AtomicBool,
     /// Reads served, to see which replica reads went to.
     pub reads: AtomicU64,
 }
@@ -514,6 +517,9 @@ impl Filesystem for FaultFs {
         reply: ReplyEmpty,
     ) {
         match self.gate() {
+            Ok(()) if self.faults.enospc_at_close.load(Ordering::Relaxed) => {
+                reply.error(Errno::ENOSPC)
+            }
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
