@@ -155,17 +155,26 @@ impl Intents {
         }
     }
 
-    /// Regular file `ino` was made by a change begun in the epoch of parity `slot`, whose
-    /// intents cover its parent's listing. That intent covers the new file whole, so
-    /// that writing it and setting its attributes in the same epoch need no record of
-    /// their own (an untar would otherwise flush the journal once per file): after a
-    /// crash, repairing a listing compares the attributes of every entry in it, and takes
-    /// whole the regular files made since its intent says (see
-    /// [`Intents::new_since`]), wherever they were moved or linked to since.
-    fn born(&mut self, slot: usize, ino: Ino) {
+    /// `ino`, of `kind`, was made by a change begun in the epoch of parity `slot`, whose
+    /// intents cover its parent's listing. That intent covers a new regular file whole,
+    /// and a new directory's listing, so that filling them in the same epoch needs no
+    /// record of its own (an untar would otherwise flush the journal once per file):
+    /// after a crash, repairing a listing compares the attributes of every entry in it,
+    /// takes whole the regular files made since its intent says (see
+    /// [`Intents::new_since`]), wherever they were moved or linked to since, and repairs
+    /// the listings of the directories made since then the same way. (A directory's own
+    /// times, which tools set right after filling it, are not compared there: they are
+    /// recorded.)
+    fn born(&mut self, slot: usize, ino: Ino, kind: FileType) {
         let cover = self.covered[slot].entry(ino).or_default();
-        cover.attributes = true;
-        cover.born = true;
+        match kind {
+            FileType::RegularFile => {
+                cover.attributes = true;
+                cover.born = true;
+            }
+            FileType::Directory => cover.entries = true,
+            _ => {}
+        }
     }
 
     /// Whether an unsettled intent may name `ino`: one names it, or one names a node the
@@ -322,13 +331,10 @@ impl MirrorFs {
         Ok(self.flights.begin(j.intents.epoch()))
     }
 
-    /// A regular file `ino` was made by the change under `flight`, which intended its
-    /// parent's listing: see [`Intents::born`]. (A directory's times, which tools set
-    /// right after making it, are not compared when a listing is repaired.)
+    /// `ino` was made by the change under `flight`, which intended its parent's listing:
+    /// see [`Intents::born`].
     pub(crate) fn born(&self, flight: &Flight, ino: Ino, kind: FileType) {
-        if kind == FileType::RegularFile {
-            self.journal().intents.born(flight.slot, ino);
-        }
+        self.journal().intents.born(flight.slot, ino, kind);
     }
 
     /// Settles the epoch last closed (closing the one under way first if it has intents):
@@ -426,7 +432,12 @@ mod tests {
         let f = t.lookup(d, "f".as_ref(), FileType::RegularFile, &[], false);
         let mut i = Intents::default();
         assert_eq!(i.add(&t, &[Scope::Entries(d)]).len(), 1);
-        i.born((i.epoch() % 2) as usize, f);
+        i.born((i.epoch() % 2) as usize, f, FileType::RegularFile);
+        // A new directory's listing is covered too; its own attributes are not.
+        let s = t.lookup(d, "s".as_ref(), FileType::Directory, &[], false);
+        i.born((i.epoch() % 2) as usize, s, FileType::Directory);
+        assert!(i.add(&t, &[Scope::Entries(s)]).is_empty());
+        assert_eq!(i.add(&t, &[Scope::Meta(s)]).len(), 1);
         assert!(i.names(f));
         assert!(i.add(&t, &[Scope::Meta(f)]).is_empty());
         // Nor for its contents: the listing's intent covers it whole.

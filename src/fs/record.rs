@@ -666,8 +666,9 @@ impl MirrorFs {
     }
 
     /// Marks whole on `index` the regular files of listing `dir` made since `since` (by
-    /// the daemon's clock) on either side: the intent on the listing covered them whole
-    /// (see `Intents::born`), so a write to one may have reached one replica and not the
+    /// the daemon's clock) on either side, and the listings of the directories made since
+    /// then, below which it does the same: the intent on the listing covered them (see
+    /// `Intents::born`), so a change to one may have reached one replica and not the
     /// other with no record of its own.
     fn mark_new_files(
         &self,
@@ -677,24 +678,38 @@ impl MirrorFs {
         since: u64,
     ) -> io::Result<()> {
         let target = &self.replicas[index];
+        // `since` by each replica's clock.
         let sides = [
-            (self.dir_fd(source, dir)?, clock_offset(source)?),
-            match self.dir_fd(target, dir) {
-                Ok(fd) => (fd, clock_offset(target)?),
+            (source, since as i64 + clock_offset(source)?),
+            (target, since as i64 + clock_offset(target)?),
+        ];
+        self.mark_new_below(sides, index, dir)
+    }
+
+    fn mark_new_below(
+        &self,
+        sides: [(&Replica, i64); 2],
+        index: usize,
+        dir: Ino,
+    ) -> io::Result<()> {
+        let mut fds = Vec::new();
+        for (r, _) in sides {
+            match self.dir_fd(r, dir) {
+                Ok(fd) => fds.push(fd),
                 // The listing repair makes the directory whole there.
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
                 Err(e) => return Err(e),
-            },
-        ];
-        let listing = copy::list(&self.open_dir_itself(source, dir)?, dir == ROOT)?;
+            }
+        }
+        let listing = copy::list(&self.open_dir_itself(sides[0].0, dir)?, dir == ROOT)?;
         for entry in listing {
-            if entry.kind != FileType::RegularFile {
+            if !matches!(entry.kind, FileType::RegularFile | FileType::Directory) {
                 continue;
             }
             let mut new = false;
-            for (fd, offset) in &sides {
+            for (fd, (_, since)) in fds.iter().zip(sides) {
                 match sys::made_at(fd.as_fd(), &entry.name) {
-                    Ok(made) => new |= made >= since as i64 + offset,
+                    Ok(made) => new |= made >= since,
                     Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
                     Err(e) => return Err(e),
                 }
@@ -702,7 +717,13 @@ impl MirrorFs {
             if !new {
                 continue;
             }
-            if sys::statat(sides[0].0.as_fd(), &entry.name)?.st_nlink > 1 {
+            if entry.kind == FileType::Directory {
+                let child = self.table().ensure_child(dir, &entry.name, entry.kind);
+                self.table().mark_entries(child, index);
+                self.mark_new_below(sides, index, child)?;
+                continue;
+            }
+            if sys::statat(fds[0].as_fd(), &entry.name)?.st_nlink > 1 {
                 // As in `replay`: its other names are not known.
                 return Err(io::Error::other(format!(
                     "{} in a listing in flight is new and has several hard links",
