@@ -17,6 +17,28 @@ fn remount(path: &std::path::Path, mode: &str) {
         .arg(path));
 }
 
+/// Makes something with `make` (given the attempt number; it returns the path made)
+/// and kills the daemon, until the kill comes before the settler voids the intents of
+/// what was made and `covered` (given the journal and the path) holds. Returns the path
+/// and how many attempts were made before it.
+fn kill_while_in_flight(
+    m: &mut Mirror,
+    make: impl Fn(&Mirror, usize) -> String,
+    covered: impl Fn(&str, &str) -> bool,
+) -> (String, u64) {
+    for attempt in 0..10 {
+        let made = make(m, attempt);
+        m.kill_daemon();
+        let journal = fs::read_to_string(m.replica(0, ".mirrorfs/journal")).unwrap();
+        let last = journal.lines().last().unwrap_or_default();
+        if !last.contains(r#""op":"settled""#) && covered(&journal, &made) {
+            return (made, attempt as u64);
+        }
+        m.mount();
+    }
+    panic!("every attempt was settled before the kill");
+}
+
 fn repair_counter(m: &Mirror, name: &str) -> u64 {
     m.status()["daemon"]["repair"][name].as_u64().unwrap()
 }
@@ -153,20 +175,12 @@ fn a_create_cut_short_by_a_crash_is_repaired_by_the_attributes_it_left() {
     // A file made and closed just before the crash: the intent on its directory's listing
     // alone covers it (its times made equal at close need no record of their own). The
     // settler may void that intent before the kill; then it is tried again.
-    let mut attempt = 0;
-    let name = loop {
+    let make = |m: &Mirror, attempt| {
         let name = format!("d/f{attempt}");
         fs::File::create(m.path(&name)).unwrap();
-        m.kill_daemon();
-        let journal = fs::read_to_string(m.replica(0, ".mirrorfs/journal")).unwrap();
-        let last = journal.lines().last().unwrap_or_default();
-        if !last.contains(r#""op":"settled""#) {
-            break name;
-        }
-        attempt += 1;
-        assert!(attempt < 10, "every intent was settled before the kill");
-        m.mount();
+        name
     };
+    let (name, _) = kill_while_in_flight(&mut m, make, |_, _| true);
     // What a crash half-way through the create can leave on the second replica: the
     // name, without the mode, owner and times the first has.
     let left = m.replica(1, &name);
@@ -197,24 +211,19 @@ fn a_new_file_a_crash_left_different_is_taken_whole_from_the_head() {
     // A file made and written just before the crash: the intent on its directory's
     // listing covers its contents too, with no record of its own (one durable record
     // per new file would cost an untar a flush per file).
-    let mut attempt = 0;
-    let name = loop {
+    let make = |m: &Mirror, attempt| {
         let name = format!("d/f{attempt}");
         fs::write(m.path(&name), vec![7u8; 100_000]).unwrap();
-        m.kill_daemon();
-        let journal = fs::read_to_string(m.replica(0, ".mirrorfs/journal")).unwrap();
-        let last = journal.lines().last().unwrap_or_default();
-        if !last.contains(r#""op":"settled""#) {
-            assert!(
-                !journal.contains(&format!(r#""path":"{name}""#)),
-                "{journal}"
-            );
-            break name;
-        }
-        attempt += 1;
-        assert!(attempt < 10, "every intent was settled before the kill");
-        m.mount();
+        name
     };
+    let no_record = |journal: &str, name: &str| {
+        assert!(
+            !journal.contains(&format!(r#""path":"{name}""#)),
+            "{journal}"
+        );
+        true
+    };
+    let (name, attempt) = kill_while_in_flight(&mut m, make, no_record);
     // What a crash between the two replicas' writes can leave on the second: other
     // bytes, with the same size and times.
     let left = m.replica(1, &name);
@@ -241,23 +250,16 @@ fn a_new_directory_a_crash_left_different_is_repaired_below_it() {
     m.wait_settled();
     // A directory made and filled just before the crash: its listing is covered by its
     // parent's intent, with no record of its own, when all of it falls in one epoch.
-    let mut attempt = 0;
-    let dir = loop {
+    let make = |m: &Mirror, attempt| {
         let dir = format!("d/new{attempt}");
         fs::create_dir_all(m.path(&format!("{dir}/sub"))).unwrap();
         for name in ["a", "b", "sub/c"] {
             fs::write(m.path(&format!("{dir}/{name}")), vec![9u8; 20_000]).unwrap();
         }
-        m.kill_daemon();
-        let journal = fs::read_to_string(m.replica(0, ".mirrorfs/journal")).unwrap();
-        let last = journal.lines().last().unwrap_or_default();
-        if !last.contains(r#""op":"settled""#) && !journal.contains(&format!(r#""{dir}"#)) {
-            break dir;
-        }
-        attempt += 1;
-        assert!(attempt < 10, "no attempt fell in one unsettled epoch");
-        m.mount();
+        dir
     };
+    let no_record = |journal: &str, dir: &str| !journal.contains(&format!(r#""{dir}"#));
+    let (dir, _) = kill_while_in_flight(&mut m, make, no_record);
     // What a crash can leave on the second replica below it: a name missing, one extra,
     // and other bytes with the same size and times.
     fs::remove_file(m.replica(1, &format!("{dir}/b"))).unwrap();
