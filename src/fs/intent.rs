@@ -72,6 +72,7 @@ impl Cover {
     }
 
     /// Everything covered, as records say it.
+    /// A new file's cover says nothing: its listing's intent covers it.
     fn whats(&self) -> Vec<What> {
         let mut whats = Vec::new();
         if self.entries {
@@ -79,10 +80,15 @@ impl Cover {
         }
         if self.whole {
             whats.push(What::Data);
-        } else if self.attributes {
+        } else if self.attributes && !self.born {
             whats.push(What::Chunks(self.chunks.ranges().to_vec()));
         }
         whats
+    }
+
+    /// Whether a record names the node by its path.
+    fn recorded(&self) -> bool {
+        self.entries || self.whole || (self.attributes && !self.born)
     }
 }
 
@@ -177,16 +183,22 @@ impl Intents {
         }
     }
 
-    /// Whether an unsettled intent may name `ino`: one names it, or one names a node the
-    /// kernel forgot (which may be `ino` now).
+    /// Whether an unsettled intent record may name `ino` by its path: one names it, or
+    /// one names a node the kernel forgot (which may be `ino` now). A new file's names
+    /// none: its listing's intent covers it wherever it moves.
     pub fn names(&self, ino: Ino) -> bool {
-        self.covered.iter().any(|c| c.contains_key(&ino)) || self.forgotten.contains(&true)
+        self.covered
+            .iter()
+            .any(|c| c.get(&ino).is_some_and(Cover::recorded))
+            || self.forgotten.contains(&true)
     }
 
     /// The kernel forgot `inos` (the table dropped them).
     pub fn forget(&mut self, inos: &[Ino]) {
         for (covered, forgotten) in self.covered.iter().zip(&mut self.forgotten) {
-            *forgotten |= inos.iter().any(|i| covered.contains_key(i));
+            *forgotten |= inos
+                .iter()
+                .any(|i| covered.get(i).is_some_and(Cover::recorded));
         }
     }
 
@@ -438,7 +450,11 @@ mod tests {
         i.born((i.epoch() % 2) as usize, s, FileType::Directory);
         assert!(i.add(&t, &[Scope::Entries(s)]).is_empty());
         assert_eq!(i.add(&t, &[Scope::Meta(s)]).len(), 1);
-        assert!(i.names(f));
+        // No record names the new file by its path: a rename of it needs no flush.
+        assert!(!i.names(f));
+        assert!(i.snapshot(&t).iter().all(
+            |r| !matches!(r, Record::Intent { path, .. } if path.0 == std::path::Path::new("d/f"))
+        ));
         assert!(i.add(&t, &[Scope::Meta(f)]).is_empty());
         // Nor for its contents: the listing's intent covers it whole.
         assert!(i.add(&t, &[Scope::Range(f, 0, 1)]).is_empty());
@@ -478,7 +494,13 @@ mod tests {
     #[test]
     fn a_forgotten_node_leaves_every_node_possibly_named_until_settled() {
         let mut i = Intents::default();
-        i.covered[1].insert(7, Cover::default());
+        i.covered[1].insert(
+            7,
+            Cover {
+                attributes: true,
+                ..Cover::default()
+            },
+        );
         assert!(!i.names(8));
         i.forget(&[7]);
         // Looked up again, the node the intent names may have any number.

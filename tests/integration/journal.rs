@@ -244,6 +244,33 @@ fn a_new_file_a_crash_left_different_is_taken_whole_from_the_head() {
 }
 
 #[test]
+fn a_new_file_moved_before_a_crash_is_taken_whole_where_it_went() {
+    let mut m = Mirror::new(2);
+    fs::create_dir(m.path("d")).unwrap();
+    fs::create_dir(m.path("e")).unwrap();
+    m.wait_settled();
+    // Renaming a new file flushes no record (no record names it): the intent on the
+    // listing it lands in reaches back to when it was made.
+    let make = |m: &Mirror, attempt| {
+        let (from, to) = (format!("d/f{attempt}"), format!("e/f{attempt}"));
+        fs::write(m.path(&from), vec![5u8; 50_000]).unwrap();
+        fs::rename(m.path(&from), m.path(&to)).unwrap();
+        to
+    };
+    let (name, _) = kill_while_in_flight(&mut m, make, |_, _| true);
+    let left = m.replica(1, &name);
+    let modified = fs::metadata(&left).unwrap().modified().unwrap();
+    let mut f = fs::File::options().write(true).open(&left).unwrap();
+    f.write_all(&[0xee; 100]).unwrap();
+    f.set_modified(modified).unwrap();
+    drop(f);
+    m.mount();
+    m.wait_in_sync();
+    m.assert_in_sync();
+    assert_eq!(fs::read(m.replica(1, &name)).unwrap(), vec![5u8; 50_000]);
+}
+
+#[test]
 fn a_new_directory_a_crash_left_different_is_repaired_below_it() {
     let mut m = Mirror::new(2);
     fs::create_dir(m.path("d")).unwrap();
