@@ -39,6 +39,16 @@ fn kill_while_in_flight(
     panic!("every attempt was settled before the kill");
 }
 
+/// Overwrites 100 bytes of `path` at `at`, keeping its size and times: what a crash
+/// between two replicas' writes can leave.
+fn scribble(path: &std::path::Path, at: u64) {
+    let modified = fs::metadata(path).unwrap().modified().unwrap();
+    let mut f = fs::File::options().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&[0xee; 100]).unwrap();
+    f.set_modified(modified).unwrap();
+}
+
 fn repair_counter(m: &Mirror, name: &str) -> u64 {
     m.status()["daemon"]["repair"][name].as_u64().unwrap()
 }
@@ -226,13 +236,7 @@ fn a_new_file_a_crash_left_different_is_taken_whole_from_the_head() {
     let (name, attempt) = kill_while_in_flight(&mut m, make, no_record);
     // What a crash between the two replicas' writes can leave on the second: other
     // bytes, with the same size and times.
-    let left = m.replica(1, &name);
-    let modified = fs::metadata(&left).unwrap().modified().unwrap();
-    let mut f = fs::File::options().write(true).open(&left).unwrap();
-    f.seek(SeekFrom::Start(50_000)).unwrap();
-    f.write_all(&[0xee; 1000]).unwrap();
-    f.set_modified(modified).unwrap();
-    drop(f);
+    scribble(&m.replica(1, &name), 50_000);
     m.mount();
     m.wait_in_sync();
     m.assert_in_sync();
@@ -258,12 +262,7 @@ fn a_new_file_moved_before_a_crash_is_taken_whole_where_it_went() {
         to
     };
     let (name, _) = kill_while_in_flight(&mut m, make, |_, _| true);
-    let left = m.replica(1, &name);
-    let modified = fs::metadata(&left).unwrap().modified().unwrap();
-    let mut f = fs::File::options().write(true).open(&left).unwrap();
-    f.write_all(&[0xee; 100]).unwrap();
-    f.set_modified(modified).unwrap();
-    drop(f);
+    scribble(&m.replica(1, &name), 0);
     m.mount();
     m.wait_in_sync();
     m.assert_in_sync();
@@ -291,12 +290,7 @@ fn a_new_directory_a_crash_left_different_is_repaired_below_it() {
     // and other bytes with the same size and times.
     fs::remove_file(m.replica(1, &format!("{dir}/b"))).unwrap();
     fs::write(m.replica(1, &format!("{dir}/sub/extra")), b"x").unwrap();
-    let left = m.replica(1, &format!("{dir}/sub/c"));
-    let modified = fs::metadata(&left).unwrap().modified().unwrap();
-    let mut f = fs::File::options().write(true).open(&left).unwrap();
-    f.write_all(&[0xee; 100]).unwrap();
-    f.set_modified(modified).unwrap();
-    drop(f);
+    scribble(&m.replica(1, &format!("{dir}/sub/c")), 0);
     m.mount();
     m.wait_in_sync();
     m.assert_in_sync();
