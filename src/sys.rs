@@ -539,7 +539,7 @@ pub fn fstatfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
 /// closed (or synced): network and FUSE filesystems do. The local ones named here report
 /// every error at the write itself, and nothing at close.
 pub fn defers_errors_to_close(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    const REPORT_AT_WRITE: [libc::c_long; 5] = [
+    const REPORT_AT_WRITE: [u32; 5] = [
         0xEF53,     // ext2, ext3, ext4
         0x58465342, // xfs
         0x9123683E, // btrfs
@@ -550,7 +550,8 @@ pub fn defers_errors_to_close(fd: BorrowedFd<'_>) -> io::Result<bool> {
     // SAFETY: valid fd and a buffer of the right size.
     check(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
     // SAFETY: fstatfs succeeded.
-    let kind = unsafe { st.assume_init() }.f_type;
+    // Magic numbers are 32 bits; `f_type`'s type differs between targets.
+    let kind = unsafe { st.assume_init() }.f_type as u32;
     Ok(!REPORT_AT_WRITE.contains(&kind))
 }
 

@@ -596,7 +596,7 @@ impl MirrorFs {
         path: &std::path::Path,
         marks: &PathMarks,
     ) -> io::Result<()> {
-        let mut ino = ROOT;
+        let (mut ino, mut parent) = (ROOT, ROOT);
         let depth = path.iter().count();
         let mut linked = false;
         for (at, part) in path.components().enumerate() {
@@ -630,6 +630,7 @@ impl MirrorFs {
                 return Ok(());
             }
             linked = kind == FileType::RegularFile && st.st_nlink > 1;
+            parent = ino;
             ino = self.table().ensure_child(ino, name, kind);
         }
         if linked && marks.data.is_some() {
@@ -655,11 +656,15 @@ impl MirrorFs {
             }
             None => {}
         }
-        if marks.entries {
+        let listing = marks.entries && table.kind(ino) == Some(FileType::Directory);
+        if listing {
             table.mark_entries(ino, index);
+        } else if marks.entries {
+            // A directory since replaced by another kind: its parent's listing differs.
+            table.mark_entries(parent, index);
         }
         drop(table);
-        if let Some(since) = marks.new_since.filter(|_| marks.entries) {
+        if let Some(since) = marks.new_since.filter(|_| listing) {
             self.mark_new_files(source, index, ino, since)?;
         }
         Ok(())
@@ -696,8 +701,16 @@ impl MirrorFs {
         for (r, _) in sides {
             match self.dir_fd(r, dir) {
                 Ok(fd) => fds.push(fd),
-                // The listing repair makes the directory whole there.
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+                // Missing, or another kind there: the listing repair above makes the
+                // directory whole.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+                    ) =>
+                {
+                    return Ok(());
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -5,17 +5,10 @@
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::common::{Mirror, renameat2, run};
-
-fn remount(path: &std::path::Path, mode: &str) {
-    run(Command::new("mount")
-        .args(["-o", &format!("remount,bind,{mode}")])
-        .arg(path));
-}
+use crate::common::{Mirror, remount, renameat2};
 
 /// Makes something with `make` (given the attempt number; it returns the path made)
 /// and kills the daemon, until the kill comes before the settler voids the intents of
@@ -267,6 +260,30 @@ fn a_new_file_moved_before_a_crash_is_taken_whole_where_it_went() {
     m.wait_in_sync();
     m.assert_in_sync();
     assert_eq!(fs::read(m.replica(1, &name)).unwrap(), vec![5u8; 50_000]);
+}
+
+#[test]
+fn a_directory_replaced_by_a_symlink_before_a_crash_needs_no_full_comparison() {
+    let mut m = Mirror::new(2);
+    for i in 0..10 {
+        fs::create_dir(m.path(&format!("d{i}"))).unwrap();
+    }
+    m.wait_settled();
+    // The listing of `dN` is intended, then `dN` becomes a symlink in the same epoch.
+    let make = |m: &Mirror, attempt| {
+        let dir = format!("d{attempt}");
+        fs::write(m.path(&format!("{dir}/a")), b"x").unwrap();
+        fs::remove_file(m.path(&format!("{dir}/a"))).unwrap();
+        fs::remove_dir(m.path(&dir)).unwrap();
+        std::os::unix::fs::symlink("elsewhere", m.path(&dir)).unwrap();
+        dir
+    };
+    let intended = |journal: &str, dir: &str| journal.contains(&format!(r#""path":"{dir}""#));
+    kill_while_in_flight(&mut m, make, intended);
+    m.mount();
+    m.wait_in_sync();
+    m.assert_in_sync();
+    assert!(!m.log().contains("compared in full"), "{}", m.log());
 }
 
 #[test]
