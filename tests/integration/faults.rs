@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::common::{Mirror, Unmount, mirrorfs, run};
+use crate::common::{Mirror, Unmount, mirrorfs, remount, run};
 
 fn state(m: &Mirror, i: usize) -> String {
     m.status()["daemon"]["replicas"][i]["state"]
@@ -145,9 +145,7 @@ fn a_replica_that_turns_read_only_fails_and_comes_back() {
     let m = Mirror::setup(2).bind(1).mount();
     let r1 = m.replicas[1].clone();
     fs::write(m.path("f"), b"1").unwrap();
-    run(Command::new("mount")
-        .args(["-o", "remount,bind,ro"])
-        .arg(&r1));
+    remount(&r1, "ro");
     fs::write(m.path("g"), b"2").unwrap();
     assert_eq!(state(&m, 1), "failed");
     let st = m.status();
@@ -156,9 +154,7 @@ fn a_replica_that_turns_read_only_fails_and_comes_back() {
         libc::EROFS,
         "{st}"
     );
-    run(Command::new("mount")
-        .args(["-o", "remount,bind,rw"])
-        .arg(&r1));
+    remount(&r1, "rw");
     m.wait_in_sync();
     m.assert_in_sync();
 }

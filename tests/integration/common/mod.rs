@@ -35,6 +35,31 @@ pub fn run(cmd: &mut Command) {
     );
 }
 
+/// Remounts the bind mount at `path` `ro` or `rw`. Going read-only fails while a file is
+/// open for writing there, and mirrorfs closes a replica's file when the kernel releases
+/// it, which comes after the application's close(2) has returned: that is retried for up
+/// to 2 s.
+pub fn remount(path: &std::path::Path, mode: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,bind,{mode}")])
+            .arg(path)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "remount {mode} {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// renameat2(2) of two paths through the mount: 0 or the errno.
 pub fn renameat2(m: &Mirror, from: &str, to: &str, flags: u32) -> i32 {
     let (a, b) = (cstr(&m.path(from)), cstr(&m.path(to)));
