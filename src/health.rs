@@ -8,7 +8,7 @@
 //! waits more than a few seconds. `--json` prints the same as one JSON object.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::Serialize;
 
@@ -137,9 +137,7 @@ fn check(mount_point: &Path) -> Report {
 }
 
 fn ago(time: u64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = crate::fs::attr::unix_seconds(SystemTime::now());
     format!("{}s ago", now.saturating_sub(time))
 }
 

@@ -63,6 +63,11 @@ pub fn file_attr(ino: Ino, st: &Stat) -> FileAttr {
     }
 }
 
+/// Whole seconds since 1970 (0 before it).
+pub fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// A point in time as a `utimensat` argument.
 pub fn timespec(t: SystemTime) -> Time {
     let ts = match t.duration_since(UNIX_EPOCH) {

@@ -72,7 +72,6 @@ impl Cover {
     }
 
     /// Everything covered, as records say it.
-    /// A new file's cover says nothing: its listing's intent covers it.
     fn whats(&self) -> Vec<What> {
         let mut whats = Vec::new();
         if self.entries {
@@ -80,15 +79,21 @@ impl Cover {
         }
         if self.whole {
             whats.push(What::Data);
-        } else if self.attributes && !self.born {
+        } else if self.attributes_recorded() {
             whats.push(What::Chunks(self.chunks.ranges().to_vec()));
         }
         whats
     }
 
-    /// Whether a record names the node by its path.
+    /// Whether the attributes (and chunks) covered are said by a record: a new file's are
+    /// not, its listing's intent covers it.
+    fn attributes_recorded(&self) -> bool {
+        self.attributes && !self.born
+    }
+
+    /// Whether a record names the node by its path ([`Cover::whats`] is not empty).
     fn recorded(&self) -> bool {
-        self.entries || self.whole || (self.attributes && !self.born)
+        self.entries || self.whole || self.attributes_recorded()
     }
 }
 
@@ -268,9 +273,7 @@ fn intent(epoch: u64, path: RecPath, what: What, new_since: u64) -> Record {
 
 /// Seconds since 1970, by the daemon's clock.
 pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    crate::fs::attr::unix_seconds(std::time::SystemTime::now())
 }
 
 /// Changes under way, counted by the parity of the epoch they began in (at most two

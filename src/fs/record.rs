@@ -731,8 +731,12 @@ impl MirrorFs {
                 continue;
             }
             if entry.kind == FileType::Directory {
-                let child = self.table().ensure_child(dir, &entry.name, entry.kind);
-                self.table().mark_entries(child, index);
+                let child = {
+                    let mut table = self.table();
+                    let child = table.ensure_child(dir, &entry.name, entry.kind);
+                    table.mark_entries(child, index);
+                    child
+                };
                 self.mark_new_below(sides, index, child)?;
                 continue;
             }

@@ -1,17 +1,13 @@
 //! The mirror's report of its own state, for the control channel.
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::fs::attr::unix_seconds as secs;
 use crate::fs::mirror::{MirrorFs, divergence_reason};
 use crate::status::{
     FailureInfo, LagStatus, LastError, MirrorStatus, OUT_OF_SYNC_LISTED, OutOfSync, ReplicaState,
     ReplicaStatus,
 };
-
-fn secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
 
 impl MirrorFs {
     pub fn status(&self, mount_point: &Path) -> MirrorStatus {

@@ -42,6 +42,15 @@ fn scribble(path: &std::path::Path, at: u64) {
     f.set_modified(modified).unwrap();
 }
 
+/// Mounts again after a kill and waits until repair has brought every replica in sync,
+/// from the journal alone (no replica compared in full).
+fn repaired_from_the_journal(m: &mut Mirror) {
+    m.mount();
+    m.wait_in_sync();
+    m.assert_in_sync();
+    assert!(!m.log().contains("compared in full"), "{}", m.log());
+}
+
 fn repair_counter(m: &Mirror, name: &str) -> u64 {
     m.status()["daemon"]["repair"][name].as_u64().unwrap()
 }
@@ -195,10 +204,7 @@ fn a_create_cut_short_by_a_crash_is_repaired_by_the_attributes_it_left() {
         .unwrap()
         .set_modified(std::time::SystemTime::UNIX_EPOCH)
         .unwrap();
-    m.mount();
-    m.wait_in_sync();
-    m.assert_in_sync();
-    assert!(!m.log().contains("compared in full"), "{}", m.log());
+    repaired_from_the_journal(&mut m);
 }
 
 #[test]
@@ -230,11 +236,8 @@ fn a_new_file_a_crash_left_different_is_taken_whole_from_the_head() {
     // What a crash between the two replicas' writes can leave on the second: other
     // bytes, with the same size and times.
     scribble(&m.replica(1, &name), 50_000);
-    m.mount();
-    m.wait_in_sync();
-    m.assert_in_sync();
+    repaired_from_the_journal(&mut m);
     assert_eq!(fs::read(m.replica(1, &name)).unwrap(), vec![7u8; 100_000]);
-    assert!(!m.log().contains("compared in full"), "{}", m.log());
     // The new files and their directory, not the 20 old files.
     let files = repair_counter(&m, "files_repaired");
     assert!(files <= attempt + 2, "{files} files repaired");
@@ -280,10 +283,7 @@ fn a_directory_replaced_by_a_symlink_before_a_crash_needs_no_full_comparison() {
     };
     let intended = |journal: &str, dir: &str| journal.contains(&format!(r#""path":"{dir}""#));
     kill_while_in_flight(&mut m, make, intended);
-    m.mount();
-    m.wait_in_sync();
-    m.assert_in_sync();
-    assert!(!m.log().contains("compared in full"), "{}", m.log());
+    repaired_from_the_journal(&mut m);
 }
 
 #[test]
@@ -308,10 +308,7 @@ fn a_new_directory_a_crash_left_different_is_repaired_below_it() {
     fs::remove_file(m.replica(1, &format!("{dir}/b"))).unwrap();
     fs::write(m.replica(1, &format!("{dir}/sub/extra")), b"x").unwrap();
     scribble(&m.replica(1, &format!("{dir}/sub/c")), 0);
-    m.mount();
-    m.wait_in_sync();
-    m.assert_in_sync();
-    assert!(!m.log().contains("compared in full"), "{}", m.log());
+    repaired_from_the_journal(&mut m);
 }
 
 #[test]
