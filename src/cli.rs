@@ -51,8 +51,8 @@ pub struct MountArgs {
 
     /// Mount options, comma-separated: allow_other, allow_root, default_permissions
     /// (always on), ro, rw, suid, nosuid, dev, nodev, exec, noexec, atime, noatime, sync,
-    /// async, dirsync, fsname=NAME, threads=N, cache_ttl=SECONDS, repair_rate=RATE.
-    /// fstab-only options
+    /// async, dirsync, fsname=NAME, threads=N, cache_ttl=SECONDS, repair_rate=RATE,
+    /// settle_interval=SECONDS. fstab-only options
     /// (defaults, nofail, _netdev, noauto, x-...) are ignored.
     #[arg(short = 'o', value_name = "OPTS", action = clap::ArgAction::Append)]
     pub options: Vec<String>,
@@ -91,6 +91,13 @@ pub struct MountArgs {
     /// Seconds the kernel may cache names and attributes [default: 86400].
     #[arg(long, value_name = "SECONDS")]
     pub cache_ttl: Option<f64>,
+
+    /// Seconds between two settlings of the changes made: every replica's filesystem is
+    /// synced and the write intents of the changes before are voided. After a crash,
+    /// repair looks at what changed in about the last interval; a shorter one leaves
+    /// less to look at and syncs the disks more often [default: 30; 1 to 600].
+    #[arg(long, value_name = "SECONDS")]
+    pub settle_interval: Option<u64>,
 
     /// Log file of the background daemon [default: /var/log/mirrorfs/<mount point>.log].
     #[arg(long, value_name = "PATH")]

@@ -6,19 +6,28 @@
 //! journal: before a change starts, an `intent` record naming what it touches (a
 //! directory's listing, a file's attributes, or the 1 MiB chunks a write covers) is
 //! appended to the journal of every current replica and flushed to disk. Intents are
-//! grouped in epochs of a few seconds; a path is recorded once per epoch (a sequential
-//! writer's chunks in runs that grow ahead of it), so a busy file costs a record per epoch,
-//! not per write, and a file made in the epoch none (its listing's intent covers it). A
-//! background thread settles each epoch (GlusterFS's delayed post-op): once every change
-//! begun in it has ended on every replica, queued ones included, and every replica's
-//! filesystem has been synced, a `settled` record voids its intents. After an unclean end,
-//! the unsettled intents are the paths that may differ.
+//! grouped in epochs (the settle interval, 30 s unless told otherwise); a path is recorded
+//! once per epoch (a sequential writer's chunks in runs that grow ahead of it), so a busy
+//! file costs a record per epoch, not per write, and a file made in the epoch none (its
+//! listing's intent covers it). A background thread settles each epoch (GlusterFS's
+//! delayed post-op): once every change begun in it has ended on every replica, queued ones
+//! included, and every replica's filesystem has been synced, a `settled` record voids its
+//! intents. After an unclean end, the unsettled intents are the paths that may differ.
+//!
+//! The interval is a trade: each settling syncs every replica's filesystem, which forces
+//! out data the kernel would otherwise write back later (and allocate, or never allocate
+//! when the file is removed first), and each epoch records its paths again; a longer one
+//! leaves more paths for repair to look at after a crash. 30 s is the kernel's own
+//! writeback age (`vm.dirty_expire_centisecs`), so a settling mostly finds written what
+//! the kernel wrote anyway. An epoch that covers many inodes closes early, which bounds
+//! the memory its covers take.
 
 use std::collections::HashMap;
 use std::mem::replace;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use crossbeam_channel::{Receiver, Sender};
 use fuser::FileType;
 use tracing::warn;
 
@@ -28,8 +37,11 @@ use crate::fs::mirror::{MirrorFs, Scope};
 use crate::membership::journal::{RecPath, Record, What};
 use crate::sys;
 
-/// How long an epoch collects intents before it is settled.
-pub const EPOCH: Duration = Duration::from_secs(2);
+/// How long an epoch collects intents before it is settled, unless told otherwise.
+pub const DEFAULT_SETTLE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How many inodes an epoch covers before it is closed early.
+const MAX_COVERED: usize = 16_384;
 
 /// How much earlier than its listing's intent says a new file may have been made, for
 /// clocks that step back a little and coarse timestamps.
@@ -212,6 +224,11 @@ impl Intents {
         self.covered.iter().map(HashMap::len).sum()
     }
 
+    /// Whether the epoch under way covers so many inodes that it should close now.
+    pub fn crowded(&self) -> bool {
+        self.covered[(self.epoch % 2) as usize].len() >= MAX_COVERED
+    }
+
     /// Whether any intent is unsettled.
     pub fn open(&self) -> bool {
         self.covered.iter().any(|c| !c.is_empty())
@@ -342,6 +359,9 @@ impl MirrorFs {
         if !self.set.read_only() {
             let records = j.intents.add(&self.table(), scopes);
             self.append_records(&mut j, records, true);
+            if j.intents.crowded() {
+                self.settler.hurry();
+            }
         }
         Ok(self.flights.begin(j.intents.epoch()))
     }
@@ -385,13 +405,39 @@ impl MirrorFs {
     }
 }
 
+/// When the settler runs: every settle interval, or at once when hurried.
+#[derive(Debug)]
+pub struct Settler {
+    interval: Duration,
+    hurry: (Sender<()>, Receiver<()>),
+}
+
+impl Settler {
+    pub fn new(interval: Duration) -> Settler {
+        Settler {
+            interval,
+            hurry: crossbeam_channel::bounded(1),
+        }
+    }
+
+    /// Asks the settler to settle now rather than at the end of its interval.
+    fn hurry(&self) {
+        let _ = self.hurry.0.try_send(());
+    }
+
+    /// Waits for the end of the interval, or until hurried.
+    fn wait(&self) {
+        let _ = self.hurry.1.recv_timeout(self.interval);
+    }
+}
+
 /// Settles epochs in the background until the process ends.
 pub fn spawn(fs: Arc<MirrorFs>) {
     std::thread::Builder::new()
         .name("settler".into())
         .spawn(move || {
             loop {
-                std::thread::sleep(EPOCH);
+                fs.settler.wait();
                 fs.settle_epoch();
             }
         })

@@ -39,6 +39,8 @@ pub struct FsOptions {
     /// Replicas a change must reach to succeed (at least 1).
     pub write_quorum: usize,
     pub mode: Mode,
+    /// How often the changes made are settled (see [`crate::fs::intent`]).
+    pub settle_interval: Duration,
 }
 
 /// When a change is acknowledged.
@@ -143,6 +145,8 @@ pub struct MirrorFs {
     pub(crate) journal: Mutex<crate::fs::record::Journal>,
     /// Changes under way, by the epoch of their intents.
     pub(crate) flights: Arc<crate::fs::intent::Flights>,
+    /// When epochs are settled.
+    pub(crate) settler: crate::fs::intent::Settler,
     /// In async mode, the queue of each replica.
     pub(crate) lanes: Option<Arc<crate::fs::lanes::Lanes>>,
 }
@@ -168,6 +172,7 @@ impl MirrorFs {
             dirs: HandleTable::default(),
             namespace: RwLock::new(()),
             locks: InodeLocks::new(),
+            settler: crate::fs::intent::Settler::new(options.settle_interval),
             options,
             backoff: Default::default(),
             repair,

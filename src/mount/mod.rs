@@ -20,6 +20,7 @@ use crate::cli_error;
 use crate::control;
 use crate::error::CliError;
 use crate::fs::fuse_adapter::FuseMirror;
+use crate::fs::intent::DEFAULT_SETTLE_INTERVAL;
 use crate::fs::lanes::MaxLag;
 use crate::fs::mirror::Mode;
 use crate::fs::set::MirrorSet;
@@ -73,6 +74,11 @@ const DEFAULT_TTL: f64 = 86_400.0;
 /// The longest cache TTL accepted: a day.
 const MAX_TTL: f64 = 86_400.0;
 
+/// The settle intervals accepted: the longest leaves ten minutes of changes for repair to
+/// look at after a crash.
+const SETTLE_INTERVALS: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(600);
+
 pub fn run(args: MountArgs) -> Result<(), CliError> {
     let plan = plan::plan(&args.paths)?;
     let opts = options::parse(&args.options)?;
@@ -87,6 +93,15 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
     if !(0.0..=MAX_TTL).contains(&ttl) {
         return Err(cli_error!(
             "cache_ttl must be a number of seconds from 0 to {MAX_TTL}"
+        ));
+    }
+    let settle_interval = args
+        .settle_interval
+        .or(opts.settle_interval)
+        .map_or(DEFAULT_SETTLE_INTERVAL, Duration::from_secs);
+    if !SETTLE_INTERVALS.contains(&settle_interval) {
+        return Err(cli_error!(
+            "settle_interval must be a number of seconds from 1 to 600"
         ));
     }
     let repair_rate = match args.repair_rate.as_deref().or(opts.repair_rate.as_deref()) {
@@ -127,6 +142,7 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         write_quorum,
         mode,
         ttl: Duration::from_secs_f64(ttl),
+        settle_interval,
     };
     let config = fuse_config(&opts, threads);
     let log = if args.foreground {

@@ -1,4 +1,4 @@
-//! The `-o` mount options: the usual FUSE and VFS ones, two of mirrorfs's own, and the
+//! The `-o` mount options: the usual FUSE and VFS ones, mirrorfs's own, and the
 //! fstab-only ones that mount(8) passes along and that mean nothing here.
 
 use crate::fs::lanes::MaxLag;
@@ -16,6 +16,7 @@ pub struct MountOptions {
     pub threads: Option<usize>,
     pub cache_ttl: Option<f64>,
     pub repair_rate: Option<String>,
+    pub settle_interval: Option<u64>,
 }
 
 impl Default for MountOptions {
@@ -28,6 +29,7 @@ impl Default for MountOptions {
             threads: None,
             cache_ttl: None,
             repair_rate: None,
+            settle_interval: None,
         }
     }
 }
@@ -127,6 +129,7 @@ pub fn parse(groups: &[String]) -> Result<MountOptions, CliError> {
             ("threads", Some(v)) => o.threads = Some(number(key, v)?),
             ("cache_ttl", Some(v)) => o.cache_ttl = Some(number(key, v)?),
             ("repair_rate", Some(v)) => o.repair_rate = Some(v.to_string()),
+            ("settle_interval", Some(v)) => o.settle_interval = Some(number(key, v)?),
             ("defaults" | "auto" | "noauto" | "user" | "nouser" | "users" | "_netdev", None)
             | ("nofail" | "relatime" | "norelatime" | "strictatime" | "lazytime", None) => {}
             (k, _) if k.starts_with("x-") || k.starts_with("comment=") => {}

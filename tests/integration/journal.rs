@@ -7,6 +7,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::common::{Mirror, remount, renameat2};
 
@@ -49,6 +50,11 @@ fn repaired_from_the_journal(m: &mut Mirror) {
     m.wait_in_sync();
     m.assert_in_sync();
     assert!(!m.log().contains("compared in full"), "{}", m.log());
+}
+
+/// A 2-replica mirror that settles every second, for tests that wait for it.
+fn settling_often() -> Mirror {
+    Mirror::with_args(2, &["--settle-interval", "1"])
 }
 
 fn repair_counter(m: &Mirror, name: &str) -> u64 {
@@ -141,7 +147,7 @@ fn a_large_file_heals_by_the_chunks_that_changed() {
 
 #[test]
 fn after_the_daemon_is_killed_mid_write_only_the_paths_in_flight_are_repaired() {
-    let mut m = Mirror::new(2);
+    let mut m = settling_often();
     fs::create_dir(m.path("still")).unwrap();
     for i in 0..200 {
         fs::write(m.path(&format!("still/f{i}")), vec![i as u8; 16 << 10]).unwrap();
@@ -180,8 +186,30 @@ fn after_the_daemon_is_killed_mid_write_only_the_paths_in_flight_are_repaired() 
 }
 
 #[test]
+fn an_epoch_that_covers_many_files_is_settled_before_its_interval_ends() {
+    // Ten minutes: nothing would settle during the test but for the epoch's size.
+    let m = Mirror::with_args(2, &["--settle-interval", "600"]);
+    fs::create_dir(m.path("many")).unwrap();
+    for i in 0..17_000 {
+        fs::File::create(m.path(&format!("many/f{i}"))).unwrap();
+    }
+    let unsettled = || m.status()["daemon"]["unsettled_paths"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // The first 16,384 files closed their epoch and it settled; the rest wait.
+    while unsettled() > 1_000 {
+        assert!(Instant::now() < deadline, "{} paths unsettled", unsettled());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        unsettled() > 0,
+        "the files after the early close settled too"
+    );
+    m.assert_in_sync();
+}
+
+#[test]
 fn a_create_cut_short_by_a_crash_is_repaired_by_the_attributes_it_left() {
-    let mut m = Mirror::new(2);
+    let mut m = settling_often();
     fs::create_dir(m.path("d")).unwrap();
     m.wait_settled();
     // A file made and closed just before the crash: the intent on its directory's listing
@@ -209,7 +237,7 @@ fn a_create_cut_short_by_a_crash_is_repaired_by_the_attributes_it_left() {
 
 #[test]
 fn a_new_file_a_crash_left_different_is_taken_whole_from_the_head() {
-    let mut m = Mirror::new(2);
+    let mut m = settling_often();
     fs::create_dir(m.path("d")).unwrap();
     for i in 0..20 {
         fs::write(m.path(&format!("d/old{i}")), b"made long before").unwrap();
@@ -245,7 +273,7 @@ fn a_new_file_a_crash_left_different_is_taken_whole_from_the_head() {
 
 #[test]
 fn a_new_file_moved_before_a_crash_is_taken_whole_where_it_went() {
-    let mut m = Mirror::new(2);
+    let mut m = settling_often();
     fs::create_dir(m.path("d")).unwrap();
     fs::create_dir(m.path("e")).unwrap();
     m.wait_settled();
@@ -267,7 +295,7 @@ fn a_new_file_moved_before_a_crash_is_taken_whole_where_it_went() {
 
 #[test]
 fn a_directory_replaced_by_a_symlink_before_a_crash_needs_no_full_comparison() {
-    let mut m = Mirror::new(2);
+    let mut m = settling_often();
     for i in 0..10 {
         fs::create_dir(m.path(&format!("d{i}"))).unwrap();
     }
@@ -288,7 +316,7 @@ fn a_directory_replaced_by_a_symlink_before_a_crash_needs_no_full_comparison() {
 
 #[test]
 fn a_new_directory_a_crash_left_different_is_repaired_below_it() {
-    let mut m = Mirror::new(2);
+    let mut m = settling_often();
     fs::create_dir(m.path("d")).unwrap();
     m.wait_settled();
     // A directory made and filled just before the crash: its listing is covered by its
