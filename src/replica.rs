@@ -94,6 +94,9 @@ pub struct Replica {
     failure: Mutex<Option<Failure>>,
     pub read_latency: Latency,
     pub write_latency: Latency,
+    /// Of namespace changes alone (create, remove, rename, link): whether they are worth
+    /// a thread of their own (see [`crate::fs::fanout::apply_namespace`]).
+    pub namespace_latency: Latency,
     free_bytes: AtomicU64,
     /// The lock on a root that replaced the one locked at mount.
     lock: Mutex<Option<OwnedFd>>,
@@ -115,6 +118,7 @@ impl Replica {
             failure: Mutex::new(None),
             read_latency: Latency::default(),
             write_latency: Latency::default(),
+            namespace_latency: Latency::default(),
             free_bytes: AtomicU64::new(0),
             lock: Mutex::new(None),
         }

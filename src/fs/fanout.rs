@@ -97,6 +97,41 @@ pub fn apply_parallel<T: Send>(
     combine(at_once(&order, |r| timed(r, &f)))
 }
 
+/// How long a replica's namespace change must lately have taken, in microseconds, for
+/// the next one to run on a thread of its own: a few times what starting a thread costs.
+const WORTH_A_THREAD_US: f64 = 60.0;
+
+/// Runs a namespace change (create, remove, rename, link: `f` on each target's item, given
+/// in preference order as `(replica index, item)`) and judges the results. The targets
+/// after the first run at once with it when they have lately been slow at namespace
+/// changes (a network filesystem, a disk that reads to allocate an inode), so that a
+/// mirror's change waits for its slowest replica, not for the sum of them; else one
+/// after the other, where a thread would cost more than the wait it overlaps.
+pub fn apply_namespace<I: Sync, T: Send>(
+    replicas: &[Replica],
+    items: &[(usize, I)],
+    f: impl Fn(&Replica, &I) -> io::Result<T> + Sync,
+) -> Fanned<T> {
+    let step = |(i, item): &(usize, I)| {
+        let r = &replicas[*i];
+        let started = Instant::now();
+        let result = f(r, item);
+        let took = started.elapsed();
+        r.write_latency.record(took);
+        r.namespace_latency.record(took);
+        (*i, result)
+    };
+    let slow = items
+        .iter()
+        .skip(1)
+        .any(|(i, _)| replicas[*i].namespace_latency.micros() >= WORTH_A_THREAD_US);
+    combine(if slow {
+        at_once(items, step)
+    } else {
+        items.iter().map(step).collect()
+    })
+}
+
 /// Runs `f` on every item at once (the first on this thread, each other on its own) and
 /// returns the results in the items' order: for steps that wait long (a flush to disk, a
 /// large copy), where a thread costs less than the wait it overlaps.

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use fuser::{FileAttr, FileType};
 
 use crate::fs::attr;
-use crate::fs::fanout::{self, Fanned};
+use crate::fs::fanout;
 use crate::fs::inode::{BackingKey, Ino, ROOT, ReplicaSet};
 use crate::fs::mirror::{MirrorFs, Scope};
 use crate::names;
@@ -221,18 +221,19 @@ impl MirrorFs {
     /// Creates a node named `name` in `parent` on every replica where `parent` is current
     /// and registers it. `make` creates it on one replica; its value per replica is
     /// returned with the new node's attributes.
-    pub(crate) fn create_node<T>(
+    pub(crate) fn create_node<T: Send>(
         &self,
         op: &'static str,
         parent: Ino,
         name: &OsStr,
-        make: impl Fn(&Replica, BorrowedFd<'_>) -> io::Result<T>,
+        make: impl Fn(&Replica, BorrowedFd<'_>) -> io::Result<T> + Sync,
     ) -> io::Result<(FileAttr, Vec<(usize, T)>)> {
         self.check_name(parent, name)?;
         let targets = self.fresh(parent);
         let _order = self.order(&[parent]);
         let flight = self.intend(&[Scope::Entries(parent)])?;
-        let fanned = fanout::apply(&self.replicas, targets, |r| {
+        let items: Vec<(usize, ())> = self.members(targets).map(|r| (r.index, ())).collect();
+        let fanned = fanout::apply_namespace(&self.replicas, &items, |r, ()| {
             let dir = self.dir_fd(r, parent)?;
             make(r, dir.as_fd())
         });
@@ -321,7 +322,8 @@ impl MirrorFs {
         };
         let _order = self.order(&[new_parent]);
         let _flight = self.intend(&[Scope::Entries(new_parent), Scope::Meta(ino)])?;
-        let fanned = fanout::apply(&self.replicas, targets, |r| {
+        let items: Vec<(usize, ())> = self.members(targets).map(|r| (r.index, ())).collect();
+        let fanned = fanout::apply_namespace(&self.replicas, &items, |r, ()| {
             let dst_dir = self.dir_fd(r, new_parent)?;
             self.with_name(r, ino, |src_dir, src_name| {
                 sys::linkat(src_dir, src_name, dst_dir.as_fd(), new_name)
@@ -369,16 +371,9 @@ impl MirrorFs {
         let _names = self.rename_guard(victim.as_slice());
         let _moving = dir_entry.then(|| self.namespace_change());
         let _flight = self.intend(&[Scope::Entries(parent)])?;
-        let fanned: Fanned<()> = fanout::combine(
-            dirs.into_iter()
-                .map(|(i, dir)| {
-                    (
-                        i,
-                        dir.and_then(|d| sys::unlinkat(d.as_fd(), name, dir_entry)),
-                    )
-                })
-                .collect(),
-        );
+        let fanned = fanout::apply_namespace(&self.replicas, &dirs, |_, dir| {
+            sys::unlinkat(resolved(dir)?.as_fd(), name, dir_entry)
+        });
         self.settle(
             op,
             fanned.verdict.is_ok(),
@@ -444,16 +439,10 @@ impl MirrorFs {
             intents.extend(moving.map(Scope::Data));
         }
         let _flight = self.intend(&intents)?;
-        let fanned: Fanned<()> = fanout::combine(
-            dirs.into_iter()
-                .map(|(i, fds)| {
-                    let res = fds.and_then(|(a, b)| {
-                        sys::renameat2(a.as_fd(), name, b.as_fd(), new_name, flags)
-                    });
-                    (i, res)
-                })
-                .collect(),
-        );
+        let fanned = fanout::apply_namespace(&self.replicas, &dirs, |_, fds| {
+            let (from, to) = resolved(fds)?;
+            sys::renameat2(from.as_fd(), name, to.as_fd(), new_name, flags)
+        });
         let mut scopes = vec![Scope::Entries(parent), Scope::Entries(new_parent)];
         scopes.extend(moving.map(Scope::Data));
         if exchange {
@@ -479,4 +468,11 @@ impl MirrorFs {
         }
         fanned.verdict.map(drop)
     }
+}
+
+/// A directory descriptor (or pair) resolved before a change took its locks, or the error
+/// resolving it gave.
+fn resolved<T>(fds: &io::Result<T>) -> io::Result<&T> {
+    fds.as_ref()
+        .map_err(|e| io::Error::from_raw_os_error(sys::errno(e)))
 }

@@ -292,6 +292,31 @@ fn read_uncached(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
 }
 
 #[test]
+fn replicas_slow_at_namespace_changes_take_them_at_once() {
+    let m = Mirror::setup(2).faulty(0).faulty(1).mount();
+    // Both replicas turn slow, as network filesystems are: 200 ms per operation.
+    for i in 0..2 {
+        m.faults(i).delay_us.store(200_000, Ordering::Relaxed);
+    }
+    let apart = || {
+        let started = |i: usize| *m.faults(i).mkdirs.lock().unwrap().last().unwrap();
+        let (a, b) = (started(0), started(1));
+        a.max(b) - a.min(b)
+    };
+    // The first change finds them fast, as they were: one after the other.
+    fs::create_dir(m.path("first")).unwrap();
+    assert!(apart() >= Duration::from_millis(200), "{:?}", apart());
+    // It measured them slow: the next reaches both at once and waits for one delay, not
+    // the sum of them.
+    fs::create_dir(m.path("second")).unwrap();
+    assert!(apart() < Duration::from_millis(150), "{:?}", apart());
+    for i in 0..2 {
+        m.faults(i).delay_us.store(0, Ordering::Relaxed);
+    }
+    m.assert_in_sync();
+}
+
+#[test]
 fn reads_avoid_a_replica_ten_times_slower() {
     let m = Mirror::setup(2).faulty(0).faulty(1).mount();
     let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 253) as u8).collect();

@@ -13,7 +13,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
@@ -37,6 +37,8 @@ pub struct Faults {
     pub enospc_at_close: AtomicBool,
     /// Reads served, to see which replica reads went to.
     pub reads: AtomicU64,
+    /// When each mkdir arrived, to see whether replicas took one at once.
+    pub mkdirs: Mutex<Vec<Instant>>,
 }
 
 struct FaultFs {
@@ -330,6 +332,7 @@ impl Filesystem for FaultFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        self.faults.mkdirs.lock().unwrap().push(Instant::now());
         let made = self
             .gate()
             .and_then(|()| self.child(parent, name))
