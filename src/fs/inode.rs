@@ -17,7 +17,7 @@
 //! A node lives while the kernel holds lookups on it, while it has children in the table,
 //! while a file or directory handle is open on it, or while it has a name and marks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -197,6 +197,9 @@ pub struct InodeTable {
     next_ino: Ino,
     /// Count of marked nodes, so the common "nothing is stale" case skips ancestor walks.
     marked: usize,
+    /// Nodes an unsettled intent record names by path: kept even once the kernel forgot
+    /// them, so that the journal, compacted, still names them by where they are now.
+    held: HashSet<Ino>,
 }
 
 impl Default for InodeTable {
@@ -216,6 +219,7 @@ impl InodeTable {
             by_key: HashMap::new(),
             next_ino: ROOT + 1,
             marked: 0,
+            held: HashSet::new(),
         }
     }
 
@@ -436,6 +440,24 @@ impl InodeTable {
         self.collect(ino)
     }
 
+    /// An unsettled intent record names `ino` by its path: keep it until
+    /// [`InodeTable::release`].
+    pub fn hold(&mut self, ino: Ino) {
+        self.held.insert(ino);
+    }
+
+    /// The intents that named `inos` are settled; returns the nodes nothing needs any
+    /// longer, now dropped.
+    pub fn release(&mut self, inos: &[Ino]) -> Vec<Ino> {
+        let mut gone = Vec::new();
+        for ino in inos {
+            if self.held.remove(ino) {
+                gone.extend(self.collect(*ino));
+            }
+        }
+        gone
+    }
+
     /// An unlink or rmdir of `parent/name` succeeded.
     pub fn unlink(&mut self, parent: Ino, name: &OsStr) -> Vec<Ino> {
         let mut gone = Vec::new();
@@ -512,7 +534,7 @@ impl InodeTable {
             let Some(node) = self.nodes.get(&ino) else {
                 continue;
             };
-            if ino == ROOT || node.pinned() {
+            if ino == ROOT || node.pinned() || self.held.contains(&ino) {
                 continue;
             }
             let node = self.nodes.remove(&ino).expect("checked above");

@@ -116,9 +116,6 @@ pub struct Intents {
     covered: [HashMap<Ino, Cover>; 2],
     /// When each epoch's first intent was made (seconds since 1970).
     started: [u64; 2],
-    /// Whether a node with intents in the epoch was forgotten by the kernel: looked up
-    /// again, it has another inode number, which the intents do not know.
-    forgotten: [bool; 2],
 }
 
 impl Default for Intents {
@@ -127,7 +124,6 @@ impl Default for Intents {
             epoch: 1,
             covered: Default::default(),
             started: [0; 2],
-            forgotten: [false; 2],
         }
     }
 }
@@ -139,8 +135,10 @@ impl Intents {
     }
 
     /// Covers `scopes` in the epoch under way; returns the records of what was not
-    /// covered yet. Nodes with no name left need none: nothing reaches them by path.
-    pub fn add(&mut self, table: &InodeTable, scopes: &[Scope]) -> Vec<Record> {
+    /// covered yet. Nodes with no name left need none: nothing reaches them by path. A
+    /// node a record names is held in the table until the epoch is settled, so that it
+    /// keeps its inode number and its path even if the kernel forgets it meanwhile.
+    pub fn add(&mut self, table: &mut InodeTable, scopes: &[Scope]) -> Vec<Record> {
         let epoch = self.epoch;
         let slot = (epoch % 2) as usize;
         if self.covered[slot].is_empty() {
@@ -162,6 +160,7 @@ impl Intents {
                 }
                 continue;
             };
+            table.hold(ino);
             records.push(intent(epoch, RecPath(path), what, new_since));
         }
         records
@@ -200,23 +199,12 @@ impl Intents {
         }
     }
 
-    /// Whether an unsettled intent record may name `ino` by its path: one names it, or
-    /// one names a node the kernel forgot (which may be `ino` now). A new file's names
+    /// Whether an unsettled intent record names `ino` by its path. A new file's names
     /// none: its listing's intent covers it wherever it moves.
     pub fn names(&self, ino: Ino) -> bool {
         self.covered
             .iter()
             .any(|c| c.get(&ino).is_some_and(Cover::recorded))
-            || self.forgotten.contains(&true)
-    }
-
-    /// The kernel forgot `inos` (the table dropped them).
-    pub fn forget(&mut self, inos: &[Ino]) {
-        for (covered, forgotten) in self.covered.iter().zip(&mut self.forgotten) {
-            *forgotten |= inos
-                .iter()
-                .any(|i| covered.get(i).is_some_and(Cover::recorded));
-        }
     }
 
     /// How many inodes have unsettled intents.
@@ -252,10 +240,17 @@ impl Intents {
         (!previous.is_empty()).then_some(self.epoch - 1)
     }
 
-    /// Forgets the intents of a closed epoch that is settled.
-    pub fn settled(&mut self, epoch: u64) {
-        self.covered[(epoch % 2) as usize].clear();
-        self.forgotten[(epoch % 2) as usize] = false;
+    /// Forgets the intents of a closed epoch that is settled; returns the nodes its
+    /// records named that no other unsettled record names (the table may let them go).
+    pub fn settled(&mut self, epoch: u64) -> Vec<Ino> {
+        let slot = (epoch % 2) as usize;
+        let covered = std::mem::take(&mut self.covered[slot]);
+        let other = &self.covered[1 - slot];
+        covered
+            .into_iter()
+            .filter(|(ino, cover)| cover.recorded() && !other.get(ino).is_some_and(Cover::recorded))
+            .map(|(ino, _)| ino)
+            .collect()
     }
 
     /// Records of every unsettled intent, along the paths the table has now.
@@ -357,7 +352,7 @@ impl MirrorFs {
         self.check_quorum(scopes)?;
         let mut j = self.journal();
         if !self.set.read_only() {
-            let records = j.intents.add(&self.table(), scopes);
+            let records = j.intents.add(&mut self.table(), scopes);
             self.append_records(&mut j, records, true);
             if j.intents.crowded() {
                 self.settler.hurry();
@@ -401,7 +396,10 @@ impl MirrorFs {
         if !self.set.read_only() {
             self.append_records(&mut j, vec![Record::Settled { epoch }], false);
         }
-        j.intents.settled(epoch);
+        let released = j.intents.settled(epoch);
+        let gone = self.table().release(&released);
+        drop(j);
+        self.dropped(&gone);
     }
 }
 
@@ -492,25 +490,25 @@ mod tests {
         let d = t.lookup(ROOT, "d".as_ref(), FileType::Directory, &[], false);
         let f = t.lookup(d, "f".as_ref(), FileType::RegularFile, &[], false);
         let mut i = Intents::default();
-        assert_eq!(i.add(&t, &[Scope::Entries(d)]).len(), 1);
+        assert_eq!(i.add(&mut t, &[Scope::Entries(d)]).len(), 1);
         i.born((i.epoch() % 2) as usize, f, FileType::RegularFile);
         // A new directory's listing is covered too; its own attributes are not.
         let s = t.lookup(d, "s".as_ref(), FileType::Directory, &[], false);
         i.born((i.epoch() % 2) as usize, s, FileType::Directory);
-        assert!(i.add(&t, &[Scope::Entries(s)]).is_empty());
-        assert_eq!(i.add(&t, &[Scope::Meta(s)]).len(), 1);
+        assert!(i.add(&mut t, &[Scope::Entries(s)]).is_empty());
+        assert_eq!(i.add(&mut t, &[Scope::Meta(s)]).len(), 1);
         // No record names the new file by its path: a rename of it needs no flush.
         assert!(!i.names(f));
         assert!(i.snapshot(&t).iter().all(
             |r| !matches!(r, Record::Intent { path, .. } if path.0 == std::path::Path::new("d/f"))
         ));
-        assert!(i.add(&t, &[Scope::Meta(f)]).is_empty());
+        assert!(i.add(&mut t, &[Scope::Meta(f)]).is_empty());
         // Nor for its contents: the listing's intent covers it whole.
-        assert!(i.add(&t, &[Scope::Range(f, 0, 1)]).is_empty());
+        assert!(i.add(&mut t, &[Scope::Range(f, 0, 1)]).is_empty());
         // In the next epoch its attributes and writes are recorded again.
         i.close();
-        assert_eq!(i.add(&t, &[Scope::Meta(f)]).len(), 1);
-        assert_eq!(i.add(&t, &[Scope::Range(f, 0, 1)]).len(), 1);
+        assert_eq!(i.add(&mut t, &[Scope::Meta(f)]).len(), 1);
+        assert_eq!(i.add(&mut t, &[Scope::Range(f, 0, 1)]).len(), 1);
     }
 
     #[test]
@@ -526,37 +524,49 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let mut i = Intents::default();
-        let first = since(i.add(&t, &[Scope::Entries(dirs[0])])).unwrap();
+        let first = since(i.add(&mut t, &[Scope::Entries(dirs[0])])).unwrap();
         assert!(first.abs_diff(now()) <= CLOCK_SLACK + 1, "{first}");
         // While the epoch it began in is not settled, a listing intended later (a file
         // may be moved there) still reaches back to that epoch's start.
         i.close();
         i.started[1] = 1000;
-        assert_eq!(since(i.add(&t, &[Scope::Entries(dirs[1])])), Some(995));
+        assert_eq!(since(i.add(&mut t, &[Scope::Entries(dirs[1])])), Some(995));
         i.settled(1);
-        let later = since(i.add(&t, &[Scope::Entries(dirs[2])])).unwrap();
+        let later = since(i.add(&mut t, &[Scope::Entries(dirs[2])])).unwrap();
         assert!(later > 995);
         // Other intents carry no time.
-        assert_eq!(since(i.add(&t, &[Scope::Meta(dirs[0])])), None);
+        assert_eq!(since(i.add(&mut t, &[Scope::Meta(dirs[0])])), None);
     }
 
     #[test]
-    fn a_forgotten_node_leaves_every_node_possibly_named_until_settled() {
+    fn a_node_an_intent_names_is_kept_until_settled_though_the_kernel_forgets_it() {
+        use crate::fs::inode::ROOT;
+        let mut t = InodeTable::new();
+        let d = t.lookup(ROOT, "d".as_ref(), FileType::Directory, &[], false);
+        let f = t.lookup(d, "f".as_ref(), FileType::RegularFile, &[], false);
         let mut i = Intents::default();
-        i.covered[1].insert(
-            7,
-            Cover {
-                attributes: true,
-                ..Cover::default()
-            },
-        );
-        assert!(!i.names(8));
-        i.forget(&[7]);
-        // Looked up again, the node the intent names may have any number.
-        assert!(i.names(8));
+        assert_eq!(i.add(&mut t, &[Scope::Range(f, 0, 1)]).len(), 1);
+        // The kernel forgets the file and its directory: both stay, so that a compacted
+        // journal still names the file, by the path it has.
+        assert!(t.forget(f, 1).is_empty());
+        assert!(t.forget(d, 1).is_empty());
+        let named = |i: &Intents, t: &InodeTable| {
+            i.snapshot(t).iter().any(|r| {
+                matches!(r, Record::Intent { path, .. } if path.0 == std::path::Path::new("d/f"))
+            })
+        };
+        assert!(named(&i, &t) && i.names(f));
+        // Named again in the next epoch, it stays when the first settles.
         assert_eq!(i.close(), Some(1));
-        i.settled(1);
-        assert!(!i.names(8));
+        assert_eq!(i.add(&mut t, &[Scope::Range(f, 5 << 20, 1)]).len(), 1);
+        assert!(t.release(&i.settled(1)).is_empty());
+        assert!(named(&i, &t));
+        // Once no unsettled record names it, the table lets it go, directory and all.
+        assert_eq!(i.close(), Some(2));
+        let mut gone = t.release(&i.settled(2));
+        gone.sort_unstable();
+        assert_eq!(gone, vec![d, f]);
+        assert!(!i.names(f));
     }
 
     #[test]

@@ -167,9 +167,6 @@ impl MirrorFs {
 
     pub fn forget(&self, ino: Ino, n: u64) {
         let gone = self.table().forget(ino, n);
-        if !gone.is_empty() {
-            self.journal().intents.forget(&gone);
-        }
         self.dropped(&gone);
     }
 

@@ -208,6 +208,37 @@ fn an_epoch_that_covers_many_files_is_settled_before_its_interval_ends() {
 }
 
 #[test]
+fn a_write_whose_file_the_kernel_forgot_is_repaired_after_the_journal_is_compacted() {
+    // Ten minutes: every change below stays in one unsettled epoch.
+    let mut m = Mirror::with_args(2, &["--settle-interval", "600"]);
+    fs::create_dir(m.path("many")).unwrap();
+    let long = "n".repeat(200);
+    let names: Vec<String> = (0..4000).map(|i| format!("many/{long}{i}")).collect();
+    for name in &names {
+        fs::write(m.path(name), b"x").unwrap();
+    }
+    fs::write(m.path("victim"), vec![7u8; 64 << 10]).unwrap();
+    // A clean unmount settles all that; the next session starts with nothing in doubt.
+    m.unmount();
+    m.mount();
+    fs::write(m.path("victim"), vec![9u8; 64 << 10]).unwrap();
+    // The kernel forgets the file it wrote; then enough intents (a chmod of each long
+    // name) make the journal compact itself while that write's epoch is unsettled.
+    fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    for name in &names {
+        fs::set_permissions(m.path(name), fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    m.kill_daemon();
+    // What a crash between the two replicas' writes can leave: the old bytes on one.
+    scribble(&m.replica(1, "victim"), 0);
+    repaired_from_the_journal(&mut m);
+    assert_eq!(
+        fs::read(m.replica(1, "victim")).unwrap(),
+        vec![9u8; 64 << 10]
+    );
+}
+
+#[test]
 fn a_create_cut_short_by_a_crash_is_repaired_by_the_attributes_it_left() {
     let mut m = settling_often();
     fs::create_dir(m.path("d")).unwrap();
