@@ -115,7 +115,10 @@ pub fn apply_namespace<I: Sync, T: Send>(
     let step = |(i, item): &(usize, I)| {
         let r = &replicas[*i];
         let started = Instant::now();
-        let result = f(r, item);
+        // A step that panics failed on its replica alone: the others' outcome stands and
+        // is judged (and journaled) like any other.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(r, item)))
+            .unwrap_or_else(|_| Err(io::Error::from_raw_os_error(libc::EIO)));
         let took = started.elapsed();
         r.write_latency.record(took);
         r.namespace_latency.record(took);
@@ -140,13 +143,20 @@ pub fn at_once<I: Sync, T: Send>(items: &[I], f: impl Fn(&I) -> T + Sync) -> Vec
         return Vec::new();
     };
     std::thread::scope(|scope| {
-        let others: Vec<_> = rest.iter().map(|i| scope.spawn(|| f(i))).collect();
+        // Where no thread can be started (a task limit), the step runs here, in turn.
+        let others: Vec<_> = rest
+            .iter()
+            .map(|i| {
+                std::thread::Builder::new()
+                    .spawn_scoped(scope, || f(i))
+                    .map_err(|_| i)
+            })
+            .collect();
         let mut results = vec![f(first)];
-        results.extend(
-            others
-                .into_iter()
-                .map(|t| t.join().expect("a replica step panicked")),
-        );
+        results.extend(others.into_iter().map(|t| match t {
+            Ok(t) => t.join().expect("a replica step panicked"),
+            Err(i) => f(i),
+        }));
         results
     })
 }

@@ -240,16 +240,15 @@ impl Intents {
         (!previous.is_empty()).then_some(self.epoch - 1)
     }
 
-    /// Forgets the intents of a closed epoch that is settled; returns the nodes its
-    /// records named that no other unsettled record names (the table may let them go).
+    /// Forgets the intents of a closed epoch that is settled; returns the nodes it covered
+    /// that no other unsettled record names (the table may let go of those it held).
     pub fn settled(&mut self, epoch: u64) -> Vec<Ino> {
         let slot = (epoch % 2) as usize;
         let covered = std::mem::take(&mut self.covered[slot]);
         let other = &self.covered[1 - slot];
         covered
-            .into_iter()
-            .filter(|(ino, cover)| cover.recorded() && !other.get(ino).is_some_and(Cover::recorded))
-            .map(|(ino, _)| ino)
+            .into_keys()
+            .filter(|ino| !other.get(ino).is_some_and(Cover::recorded))
             .collect()
     }
 
@@ -567,6 +566,14 @@ mod tests {
         gone.sort_unstable();
         assert_eq!(gone, vec![d, f]);
         assert!(!i.names(f));
+        // A node recorded, then made anew under the same number (its name vanished
+        // outside the mount and was created again), is let go too.
+        let g = t.lookup(ROOT, "g".as_ref(), FileType::RegularFile, &[], false);
+        assert_eq!(i.add(&mut t, &[Scope::Meta(g)]).len(), 1);
+        i.born((i.epoch() % 2) as usize, g, FileType::RegularFile);
+        assert!(t.forget(g, 1).is_empty());
+        assert_eq!(i.close(), Some(3));
+        assert_eq!(t.release(&i.settled(3)), vec![g]);
     }
 
     #[test]
