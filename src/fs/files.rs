@@ -322,7 +322,7 @@ impl MirrorFs {
 
     /// Gives every replica of a handle that wrote the timestamps of the replica it reads
     /// from.
-    fn sync_times(&self, h: &Arc<OpenFile>) {
+    pub(crate) fn sync_times(&self, h: &Arc<OpenFile>) {
         if !h.wrote.swap(false, Ordering::Relaxed) {
             return;
         }

@@ -381,6 +381,12 @@ impl MirrorFs {
             }
         };
         self.flights.wait(epoch);
+        // A file still open after writing keeps each replica's own times until it is
+        // closed: they are made equal now, under an intent of the next epoch, so that
+        // settling this one leaves no difference that no record names.
+        for h in self.files.all() {
+            self.sync_times(&h);
+        }
         for r in self.members(self.active()) {
             if let Err(e) = r.syncfs() {
                 warn!(

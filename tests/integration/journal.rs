@@ -239,6 +239,46 @@ fn a_write_whose_file_the_kernel_forgot_is_repaired_after_the_journal_is_compact
 }
 
 #[test]
+fn a_file_still_open_after_writing_has_one_mtime_everywhere_once_settled() {
+    let mut m = Mirror::setup(2)
+        .faulty(1)
+        .args(&["--settle-interval", "1"])
+        .mount();
+    let mut f = fs::File::create(m.path("log")).unwrap();
+    // The second replica takes the write 10 ms later: its own mtime differs.
+    m.faults(1).write_delay_us.store(10_000, Ordering::Relaxed);
+    f.write_all(b"a line of a log kept open\n").unwrap();
+    m.faults(1).write_delay_us.store(0, Ordering::Relaxed);
+    // Settled while the file is still open (watched in the journal: the status command
+    // would fork, and its exec close a copy of the file), then a crash.
+    let journal = || fs::read_to_string(m.replica(0, ".mirrorfs/journal")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !all_settled(&journal()) {
+        assert!(Instant::now() < deadline, "never settled: {}", journal());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    m.kill_daemon();
+    drop(f);
+    repaired_from_the_journal(&mut m);
+}
+
+/// Whether every intent in a journal's text is in an epoch a `settled` record closed.
+fn all_settled(journal: &str) -> bool {
+    let epochs = |op: &str| {
+        journal
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|r| r["op"] == op)
+            .filter_map(|r| r["epoch"].as_u64())
+            .max()
+    };
+    match epochs("intent") {
+        Some(intended) => epochs("settled").is_some_and(|settled| settled >= intended),
+        None => true,
+    }
+}
+
+#[test]
 fn a_create_cut_short_by_a_crash_is_repaired_by_the_attributes_it_left() {
     let mut m = settling_often();
     fs::create_dir(m.path("d")).unwrap();
