@@ -187,10 +187,7 @@ fn async_mode_survives_twenty_crashes_with_writes_queued_and_nothing_fsynced_los
 
 #[test]
 fn a_crash_half_way_through_a_rename_over_a_file_is_repaired() {
-    let mut m = Mirror::setup(2)
-        .faulty(1)
-        .args(&["--settle-interval", "1"])
-        .mount();
+    let mut m = Mirror::setup(2).faulty(1).settling_often().mount();
     fs::write(m.path("target"), b"old contents").unwrap();
     fs::write(m.path("tmp"), b"new contents, saved by write-and-rename").unwrap();
     m.wait_settled();

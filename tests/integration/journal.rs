@@ -52,11 +52,6 @@ fn repaired_from_the_journal(m: &mut Mirror) {
     assert!(!m.log().contains("compared in full"), "{}", m.log());
 }
 
-/// A 2-replica mirror that settles every second, for tests that wait for it.
-fn settling_often() -> Mirror {
-    Mirror::with_args(2, &["--settle-interval", "1"])
-}
-
 fn repair_counter(m: &Mirror, name: &str) -> u64 {
     m.status()["daemon"]["repair"][name].as_u64().unwrap()
 }
@@ -147,7 +142,7 @@ fn a_large_file_heals_by_the_chunks_that_changed() {
 
 #[test]
 fn after_the_daemon_is_killed_mid_write_only_the_paths_in_flight_are_repaired() {
-    let mut m = settling_often();
+    let mut m = Mirror::setup(2).settling_often().mount();
     fs::create_dir(m.path("still")).unwrap();
     for i in 0..200 {
         fs::write(m.path(&format!("still/f{i}")), vec![i as u8; 16 << 10]).unwrap();
@@ -240,10 +235,7 @@ fn a_write_whose_file_the_kernel_forgot_is_repaired_after_the_journal_is_compact
 
 #[test]
 fn a_file_still_open_after_writing_has_one_mtime_everywhere_once_settled() {
-    let mut m = Mirror::setup(2)
-        .faulty(1)
-        .args(&["--settle-interval", "1"])
-        .mount();
+    let mut m = Mirror::setup(2).faulty(1).settling_often().mount();
     let mut f = fs::File::create(m.path("log")).unwrap();
     // The second replica takes the write 10 ms later: its own mtime differs.
     m.faults(1).write_delay_us.store(10_000, Ordering::Relaxed);
@@ -280,7 +272,7 @@ fn all_settled(journal: &str) -> bool {
 
 #[test]
 fn a_create_cut_short_by_a_crash_is_repaired_by_the_attributes_it_left() {
-    let mut m = settling_often();
+    let mut m = Mirror::setup(2).settling_often().mount();
     fs::create_dir(m.path("d")).unwrap();
     m.wait_settled();
     // A file made and closed just before the crash: the intent on its directory's listing
@@ -308,7 +300,7 @@ fn a_create_cut_short_by_a_crash_is_repaired_by_the_attributes_it_left() {
 
 #[test]
 fn a_new_file_a_crash_left_different_is_taken_whole_from_the_head() {
-    let mut m = settling_often();
+    let mut m = Mirror::setup(2).settling_often().mount();
     fs::create_dir(m.path("d")).unwrap();
     for i in 0..20 {
         fs::write(m.path(&format!("d/old{i}")), b"made long before").unwrap();
@@ -344,7 +336,7 @@ fn a_new_file_a_crash_left_different_is_taken_whole_from_the_head() {
 
 #[test]
 fn a_new_file_moved_before_a_crash_is_taken_whole_where_it_went() {
-    let mut m = settling_often();
+    let mut m = Mirror::setup(2).settling_often().mount();
     fs::create_dir(m.path("d")).unwrap();
     fs::create_dir(m.path("e")).unwrap();
     m.wait_settled();
@@ -366,7 +358,7 @@ fn a_new_file_moved_before_a_crash_is_taken_whole_where_it_went() {
 
 #[test]
 fn a_directory_replaced_by_a_symlink_before_a_crash_needs_no_full_comparison() {
-    let mut m = settling_often();
+    let mut m = Mirror::setup(2).settling_often().mount();
     for i in 0..10 {
         fs::create_dir(m.path(&format!("d{i}"))).unwrap();
     }
@@ -387,7 +379,7 @@ fn a_directory_replaced_by_a_symlink_before_a_crash_needs_no_full_comparison() {
 
 #[test]
 fn a_new_directory_a_crash_left_different_is_repaired_below_it() {
-    let mut m = settling_often();
+    let mut m = Mirror::setup(2).settling_often().mount();
     fs::create_dir(m.path("d")).unwrap();
     m.wait_settled();
     // A directory made and filled just before the crash: its listing is covered by its

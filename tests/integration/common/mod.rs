@@ -114,6 +114,11 @@ impl Setup {
         self
     }
 
+    /// Changes settle every second (not every 30 s), for tests that wait for it.
+    pub fn settling_often(self) -> Setup {
+        self.args(&["--settle-interval", "1"])
+    }
+
     /// Replica `i` is a tmpfs of its own, of `size` (such as "1m").
     pub fn tmpfs(mut self, i: usize, size: &str) -> Setup {
         self.tmpfs.push((i, size.to_string()));
