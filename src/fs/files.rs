@@ -321,20 +321,26 @@ impl MirrorFs {
     }
 
     /// Gives every replica of a handle that wrote the timestamps of the replica it reads
-    /// from.
+    /// from. The handle counts as written until that is done, and a second caller (two
+    /// closes of one open file: a forked child's exec closes its copy) waits for the
+    /// first: neither returns, nor does a getattr answer, while the replicas' times still
+    /// differ.
     pub(crate) fn sync_times(&self, h: &Arc<OpenFile>) {
-        if !h.wrote.swap(false, Ordering::Relaxed) {
+        if !h.wrote.load(Ordering::Relaxed) {
             return;
         }
-        let retry_later = || h.wrote.store(true, Ordering::Relaxed);
-        // The source holds every write to the file: in async mode, the primary.
+        // The source holds every write to the file: in async mode, the primary. Writes
+        // take this lock too, so none marks the handle written again meanwhile.
         let (_order, _) = self.order_for_write(h.ino);
+        if !h.wrote.load(Ordering::Relaxed) {
+            return;
+        }
         let set = self.fresh(h.ino);
         let Ok(flight) = self.intend(&[Scope::Meta(h.ino)]) else {
-            retry_later();
             return;
         };
         let Some(source) = self.write_source(set) else {
+            h.wrote.store(false, Ordering::Relaxed);
             return;
         };
         let Ok(st) = self
@@ -352,12 +358,15 @@ impl MirrorFs {
             }
         });
         if let Some(marked) = queued {
+            h.wrote.store(false, Ordering::Relaxed);
             let _ = self.settle("utimens", true, set, &marked, &[Scope::Meta(h.ino)]);
             return;
         }
         let fanned = fanout::apply(&self.replicas, others, |r| {
             sys::futimens(self.handle_fd(h, r)?.as_fd(), atime, mtime)
         });
+        // A replica that failed is marked (below) and repaired: nothing to retry here.
+        h.wrote.store(false, Ordering::Relaxed);
         // The source already has these times: it took part.
         let _ = self.settle(
             "utimens",

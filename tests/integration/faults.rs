@@ -358,6 +358,40 @@ fn reads_avoid_a_replica_ten_times_slower() {
 }
 
 #[test]
+fn every_close_of_a_written_file_returns_once_its_replicas_have_one_mtime() {
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+    let m = Mirror::setup(2).faulty(0).faulty(1).mount();
+    let mut f = fs::File::create(m.path("f")).unwrap();
+    // The second replica takes the write 10 ms later: its own mtime differs.
+    m.faults(1).write_delay_us.store(10_000, Ordering::Relaxed);
+    f.write_all(b"y").unwrap();
+    m.faults(1).write_delay_us.store(0, Ordering::Relaxed);
+    // Two descriptors of the open file (as a forked child holds one until its exec)
+    // closed at once; the first replica, whose times the others get, answers slowly.
+    let dup = f.try_clone().unwrap();
+    m.faults(0).delay_us.store(200_000, Ordering::Relaxed);
+    let barrier = std::sync::Barrier::new(2);
+    // Read beside the fault filesystems, which would make each look wait too.
+    let mtimes = |i: usize| {
+        let md = fs::metadata(m.dir.path().join(format!("backing{i}/f"))).unwrap();
+        (md.mtime(), md.mtime_nsec())
+    };
+    std::thread::scope(|s| {
+        for file in [f, dup] {
+            let (barrier, mtimes) = (&barrier, &mtimes);
+            s.spawn(move || {
+                barrier.wait();
+                drop(file);
+                assert_eq!(mtimes(0), mtimes(1), "a close returned first");
+            });
+        }
+    });
+    m.faults(0).delay_us.store(0, Ordering::Relaxed);
+    m.assert_in_sync();
+}
+
+#[test]
 fn a_stat_while_a_file_is_written_caches_the_times_every_replica_ends_with() {
     use std::io::Write;
     use std::os::unix::fs::MetadataExt;
@@ -383,7 +417,12 @@ fn a_stat_while_a_file_is_written_caches_the_times_every_replica_ends_with() {
     let after = fs::metadata(m.path("f")).unwrap();
     let on = |i: usize| fs::metadata(m.replica(i, "f")).unwrap();
     let mtime = |md: &fs::Metadata| (md.mtime(), md.mtime_nsec());
-    assert_eq!(mtime(&on(0)), mtime(&on(1)), "replicas end with one mtime");
+    assert_eq!(
+        mtime(&on(0)),
+        mtime(&on(1)),
+        "replicas end with one mtime; log:\n{}",
+        m.log()
+    );
     assert_eq!(mtime(&during), mtime(&on(0)), "the stat during the write");
     assert_eq!(mtime(&after), mtime(&on(0)), "the stat after close");
     m.assert_in_sync();
