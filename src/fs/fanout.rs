@@ -101,37 +101,36 @@ pub fn apply_parallel<T: Send>(
 /// the next one to run on a thread of its own: a few times what starting a thread costs.
 const WORTH_A_THREAD_US: f64 = 60.0;
 
-/// Runs a namespace change (create, remove, rename, link: `f` on each target's item, given
-/// in preference order as `(replica index, item)`) and judges the results. The targets
-/// after the first run at once with it when they have lately been slow at namespace
-/// changes (a network filesystem, a disk that reads to allocate an inode), so that a
-/// mirror's change waits for its slowest replica, not for the sum of them; else one
-/// after the other, where a thread would cost more than the wait it overlaps.
-pub fn apply_namespace<I: Sync, T: Send>(
+/// [`apply`] for a namespace change (create, remove, rename, link). The targets after
+/// the first run at once with it when they have lately been slow at namespace changes (a
+/// network filesystem, a disk that reads to allocate an inode), so that a mirror's change
+/// waits for its slowest replica, not for the sum of them; else one after the other,
+/// where a thread would cost more than the wait it overlaps.
+pub fn apply_namespace<T: Send>(
     replicas: &[Replica],
-    items: &[(usize, I)],
-    f: impl Fn(&Replica, &I) -> io::Result<T> + Sync,
+    targets: ReplicaSet,
+    f: impl Fn(&Replica) -> io::Result<T> + Sync,
 ) -> Fanned<T> {
-    let step = |(i, item): &(usize, I)| {
-        let r = &replicas[*i];
+    let order: Vec<&Replica> = members(replicas, targets).collect();
+    let step = |r: &&Replica| {
         let started = Instant::now();
         // A step that panics failed on its replica alone: the others' outcome stands and
         // is judged (and journaled) like any other.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(r, item)))
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(r)))
             .unwrap_or_else(|_| Err(io::Error::from_raw_os_error(libc::EIO)));
         let took = started.elapsed();
         r.write_latency.record(took);
         r.namespace_latency.record(took);
-        (*i, result)
+        (r.index, result)
     };
-    let slow = items
+    let slow = order
         .iter()
         .skip(1)
-        .any(|(i, _)| replicas[*i].namespace_latency.micros() >= WORTH_A_THREAD_US);
+        .any(|r| r.namespace_latency.micros() >= WORTH_A_THREAD_US);
     combine(if slow {
-        at_once(items, step)
+        at_once(&order, step)
     } else {
-        items.iter().map(step).collect()
+        order.iter().map(step).collect()
     })
 }
 

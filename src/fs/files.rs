@@ -357,24 +357,20 @@ impl MirrorFs {
                 sys::futimens(fs.handle_fd(&handle, r)?.as_fd(), atime, mtime)
             }
         });
-        if let Some(marked) = queued {
-            h.wrote.store(false, Ordering::Relaxed);
-            let _ = self.settle("utimens", true, set, &marked, &[Scope::Meta(h.ino)]);
-            return;
-        }
-        let fanned = fanout::apply(&self.replicas, others, |r| {
-            sys::futimens(self.handle_fd(h, r)?.as_fd(), atime, mtime)
-        });
+        let (ok, attempted, diverged) = match queued {
+            Some(marked) => (true, set, marked),
+            None => {
+                let fanned = fanout::apply(&self.replicas, others, |r| {
+                    sys::futimens(self.handle_fd(h, r)?.as_fd(), atime, mtime)
+                });
+                // The source already has these times: it took part.
+                let attempted = fanned.attempted() | (1 << source.index);
+                (fanned.verdict.is_ok(), attempted, fanned.diverged)
+            }
+        };
         // A replica that failed is marked (below) and repaired: nothing to retry here.
         h.wrote.store(false, Ordering::Relaxed);
-        // The source already has these times: it took part.
-        let _ = self.settle(
-            "utimens",
-            fanned.verdict.is_ok(),
-            fanned.attempted() | (1 << source.index),
-            &fanned.diverged,
-            &[Scope::Meta(h.ino)],
-        );
+        let _ = self.settle("utimens", ok, attempted, &diverged, &[Scope::Meta(h.ino)]);
     }
 
     /// Flushes the file on every replica current for it; in async mode on the primary

@@ -229,8 +229,7 @@ impl MirrorFs {
         let targets = self.fresh(parent);
         let _order = self.order(&[parent]);
         let flight = self.intend(&[Scope::Entries(parent)])?;
-        let items: Vec<(usize, ())> = self.members(targets).map(|r| (r.index, ())).collect();
-        let fanned = fanout::apply_namespace(&self.replicas, &items, |r, ()| {
+        let fanned = fanout::apply_namespace(&self.replicas, targets, |r| {
             let dir = self.dir_fd(r, parent)?;
             make(r, dir.as_fd())
         });
@@ -319,8 +318,7 @@ impl MirrorFs {
         };
         let _order = self.order(&[new_parent]);
         let _flight = self.intend(&[Scope::Entries(new_parent), Scope::Meta(ino)])?;
-        let items: Vec<(usize, ())> = self.members(targets).map(|r| (r.index, ())).collect();
-        let fanned = fanout::apply_namespace(&self.replicas, &items, |r, ()| {
+        let fanned = fanout::apply_namespace(&self.replicas, targets, |r| {
             let dst_dir = self.dir_fd(r, new_parent)?;
             self.with_name(r, ino, |src_dir, src_name| {
                 sys::linkat(src_dir, src_name, dst_dir.as_fd(), new_name)
@@ -368,8 +366,8 @@ impl MirrorFs {
         let _names = self.rename_guard(victim.as_slice());
         let _moving = dir_entry.then(|| self.namespace_change());
         let _flight = self.intend(&[Scope::Entries(parent)])?;
-        let fanned = fanout::apply_namespace(&self.replicas, &dirs, |_, dir| {
-            sys::unlinkat(resolved(dir)?.as_fd(), name, dir_entry)
+        let fanned = fanout::apply_namespace(&self.replicas, targets, |r| {
+            sys::unlinkat(resolved(&dirs, r)?.as_fd(), name, dir_entry)
         });
         self.settle(
             op,
@@ -436,8 +434,8 @@ impl MirrorFs {
             intents.extend(moving.map(Scope::Data));
         }
         let _flight = self.intend(&intents)?;
-        let fanned = fanout::apply_namespace(&self.replicas, &dirs, |_, fds| {
-            let (from, to) = resolved(fds)?;
+        let fanned = fanout::apply_namespace(&self.replicas, targets, |r| {
+            let (from, to) = resolved(&dirs, r)?;
             sys::renameat2(from.as_fd(), name, to.as_fd(), new_name, flags)
         });
         let mut scopes = vec![Scope::Entries(parent), Scope::Entries(new_parent)];
@@ -467,9 +465,13 @@ impl MirrorFs {
     }
 }
 
-/// A directory descriptor (or pair) resolved before a change took its locks, or the error
-/// resolving it gave.
-fn resolved<T>(fds: &io::Result<T>) -> io::Result<&T> {
+/// The directory descriptor (or pair) resolved on `r` before a change took its locks,
+/// or the error resolving it gave.
+fn resolved<'a, T>(fds: &'a [(usize, io::Result<T>)], r: &Replica) -> io::Result<&'a T> {
+    let (_, fds) = fds
+        .iter()
+        .find(|(i, _)| *i == r.index)
+        .expect("resolved on every target");
     fds.as_ref()
         .map_err(|e| io::Error::from_raw_os_error(sys::errno(e)))
 }
