@@ -52,7 +52,7 @@ pub struct MountArgs {
     /// Mount options, comma-separated: allow_other, allow_root, default_permissions
     /// (always on), ro, rw, suid, nosuid, dev, nodev, exec, noexec, atime, noatime, sync,
     /// async, dirsync, fsname=NAME, threads=N, cache_ttl=SECONDS, repair_rate=RATE,
-    /// settle_interval=SECONDS. fstab-only options
+    /// settle_interval=SECONDS, replica_timeout=SECONDS. fstab-only options
     /// (defaults, nofail, _netdev, noauto, x-...) are ignored.
     #[arg(short = 'o', value_name = "OPTS", action = clap::ArgAction::Append)]
     pub options: Vec<String>,
@@ -98,6 +98,12 @@ pub struct MountArgs {
     /// less to look at and syncs the disks more often [default: 30; 1 to 600].
     #[arg(long, value_name = "SECONDS")]
     pub settle_interval: Option<u64>,
+
+    /// Seconds a replica may go without completing any call while it has one under way
+    /// before it is failed as not answering; requests then go on without it. A replica
+    /// that is slow but answering is never failed for it [default: 3; 0.1 to 600].
+    #[arg(long, value_name = "SECONDS")]
+    pub replica_timeout: Option<f64>,
 
     /// Log file of the background daemon [default: /var/log/mirrorfs/<mount point>.log].
     #[arg(long, value_name = "PATH")]

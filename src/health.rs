@@ -94,6 +94,14 @@ fn judge(s: &MirrorStatus) -> (Level, String) {
     if failed > 0 {
         parts.push(format!("{failed}/{total} failed"));
     }
+    for r in &s.replicas {
+        if r.failure
+            .as_ref()
+            .is_some_and(|f| f.errno == libc::ETIMEDOUT)
+        {
+            parts.push(format!("{} not answering", r.path.display()));
+        }
+    }
     if s.repair.running {
         let eta = s.repair.eta_seconds.map_or("unknown".to_string(), duration);
         parts.push(format!("repair {:.0}% ETA {eta}", s.repair.percent));

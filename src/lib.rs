@@ -5,6 +5,7 @@ pub mod control;
 pub mod error;
 pub mod fs;
 pub mod health;
+pub mod liveness;
 pub mod logging;
 pub mod membership;
 pub mod mount;

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 /// One mount.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mount {
+    /// The device of the filesystem mounted, `major:minor`: one FUSE connection.
+    pub device: String,
     pub mount_point: PathBuf,
     pub fs_type: String,
     pub source: String,
@@ -38,11 +40,13 @@ fn unescape(field: &str) -> Vec<u8> {
 
 fn parse_line(line: &str) -> Option<Mount> {
     let (left, right) = line.split_once(" - ")?;
+    let device = left.split(' ').nth(2)?.to_string();
     let mount_point = left.split(' ').nth(4)?;
     let mut right = right.split(' ');
     let fs_type = right.next()?.to_string();
     let source = String::from_utf8_lossy(&unescape(right.next()?)).into_owned();
     Some(Mount {
+        device,
         mount_point: PathBuf::from(OsString::from_vec(unescape(mount_point))),
         fs_type,
         source,
@@ -69,6 +73,7 @@ mod tests {
         let line = "61 25 0:52 / /tmp/a\\040b rw,nosuid,nodev,relatime shared:30 - fuse.mirrorfs \
                     /r1:/r2 rw,user_id=0,group_id=0,default_permissions";
         let m = parse_line(line).unwrap();
+        assert_eq!(m.device, "0:52");
         assert_eq!(m.mount_point, PathBuf::from("/tmp/a b"));
         assert_eq!(m.fs_type, FS_TYPE);
         assert_eq!(m.source, "/r1:/r2");

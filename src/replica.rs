@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use crate::fs::inode::{Ino, ROOT};
+use crate::liveness::Liveness;
 use crate::sys;
 
 /// How many directory descriptors each replica keeps open for reuse.
@@ -100,6 +101,8 @@ pub struct Replica {
     free_bytes: AtomicU64,
     /// The lock on a root that replaced the one locked at mount.
     lock: Mutex<Option<OwnedFd>>,
+    /// Whether it answers, and the threads that call it.
+    pub live: Arc<Liveness>,
 }
 
 impl Replica {
@@ -121,6 +124,7 @@ impl Replica {
             namespace_latency: Latency::default(),
             free_bytes: AtomicU64::new(0),
             lock: Mutex::new(None),
+            live: Arc::new(Liveness::new(index)),
         }
     }
 
@@ -130,8 +134,15 @@ impl Replica {
     }
 
     /// Flushes the replica's filesystem to disk.
+    /// (On one of its workers, given up if the replica stops answering.)
     pub fn syncfs(&self) -> io::Result<()> {
-        let root = sys::reopen(self.root().as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        let root = self.root();
+        self.live.call("syncfs", move || Replica::syncfs_at(&root))
+    }
+
+    /// Flushes the filesystem of the replica whose root is `root`, on this thread.
+    pub fn syncfs_at(root: &OwnedFd) -> io::Result<()> {
+        let root = sys::reopen(root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
         sys::syncfs(root.as_fd())
     }
 
@@ -155,18 +166,21 @@ impl Replica {
     }
 
     /// Opens directory `ino` at `path` (relative to the root, empty for the root itself)
-    /// beneath the root, and caches the descriptor.
-    pub fn open_dir(&self, ino: Ino, path: &Path) -> io::Result<Arc<OwnedFd>> {
+    /// beneath the root; [`Replica::cache_dir`] keeps it.
+    pub fn open_dir(&self, ino: Ino, path: &Path) -> io::Result<OwnedFd> {
         let root = self.root();
-        let fd = if ino == ROOT {
-            root.try_clone()?
-        } else {
-            sys::open_beneath(
-                root.as_fd(),
-                path.as_os_str(),
-                libc::O_PATH | libc::O_DIRECTORY,
-            )?
-        };
+        if ino == ROOT {
+            return root.try_clone();
+        }
+        sys::open_beneath(
+            root.as_fd(),
+            path.as_os_str(),
+            libc::O_PATH | libc::O_DIRECTORY,
+        )
+    }
+
+    /// Keeps `fd` as directory `ino`'s descriptor.
+    pub fn cache_dir(&self, ino: Ino, fd: OwnedFd) -> Arc<OwnedFd> {
         let fd = Arc::new(fd);
         let mut dirs = self.dirs.lock().expect("dir cache lock");
         if dirs.len() >= DIR_CACHE_CAPACITY {
@@ -177,7 +191,7 @@ impl Replica {
             }
         }
         dirs.insert(ino, fd.clone());
-        Ok(fd)
+        fd
     }
 
     /// Forgets cached descriptors of inodes that left the table.

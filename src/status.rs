@@ -61,6 +61,9 @@ pub struct ReplicaStatus {
     /// behind, came back after vanishing, or lost the other side of a split brain); until
     /// then it is not used.
     pub needs_full: bool,
+    /// Calls left inside the replica after it stopped answering that have not returned
+    /// yet (threads it holds); it is tried again once there are none.
+    pub stuck_calls: usize,
     /// The generation of the data it holds (replicas in sync share one).
     pub generation: String,
     /// Number of paths this replica is out of sync for.

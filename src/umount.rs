@@ -23,6 +23,10 @@ fn absolute(path: &Path) -> Result<PathBuf, CliError> {
     }
 }
 
+/// How long a daemon that has finished may take to exit before it is taken to be held
+/// by a replica that does not answer.
+const HELD: Duration = Duration::from_secs(3);
+
 fn alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
@@ -56,7 +60,25 @@ pub fn run(args: UmountArgs) -> Result<(), CliError> {
     })?;
     if let Some(pid) = daemon {
         let deadline = Instant::now() + Duration::from_secs(args.timeout);
+        let mut finished_at = None;
         while alive(pid) {
+            // A daemon that removed its record has finished; if its process still does
+            // not exit, a thread of it is held inside a replica that stopped answering.
+            let recorded = runtime::read(&mount_point)
+                .ok()
+                .flatten()
+                .is_some_and(|i| i.pid == pid);
+            let finished = *finished_at.get_or_insert_with(Instant::now);
+            if recorded {
+                finished_at = None;
+            } else if finished.elapsed() > HELD {
+                eprintln!(
+                    "mirrorfs: daemon {pid} has finished, but a thread of it is still inside \
+                     a replica that does not answer; the process exits once that replica \
+                     answers"
+                );
+                break;
+            }
             if Instant::now() > deadline {
                 return Err(cli_error!(
                     "unmounted, but daemon {pid} is still running after {}s",

@@ -6,13 +6,14 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use fuser::{FileAttr, FileType, TimeOrNow};
 
 use crate::fs::attr;
-use crate::fs::fanout;
+use crate::fs::engine::{How, Measure};
 use crate::fs::handles::OpenFile;
 use crate::fs::inode::{Ino, ReplicaSet};
 use crate::fs::mirror::{MirrorFs, Scope};
@@ -65,12 +66,15 @@ impl AttrChanges {
 }
 
 impl MirrorFs {
-    pub fn getattr(&self, ino: Ino, fh: Option<u64>) -> io::Result<FileAttr> {
+    pub async fn getattr(&self, ino: Ino, fh: Option<u64>) -> io::Result<FileAttr> {
         let handle = fh.and_then(|fh| self.files.get(fh));
+        let _names = self.names_of(&[ino]);
         let set = self.readable(ino);
-        let stat = |r: &Replica| match handle.as_ref().and_then(|h| h.fd(r.index)) {
-            Some(fd) => sys::fstat(fd.as_fd()),
-            None => self.stat_on(r, ino),
+        let stat = |handle: Option<Arc<OpenFile>>| {
+            move |fs: &MirrorFs, r: &Replica| match handle.as_ref().and_then(|h| h.fd(r.index)) {
+                Some(fd) => sys::fstat(fd.as_fd()),
+                None => fs.stat_on(r, ino),
+            }
         };
         // A written file's replicas each have their own times until close gives them the
         // write source's: until then the kernel gets the source's, or it would keep (for
@@ -83,18 +87,30 @@ impl MirrorFs {
             .then(|| self.write_source(set).map(|r| r.index))
             .flatten();
         let st = match source {
-            Some(i) => match self.read_any("getattr", 1 << i, Scope::Meta(ino), stat) {
+            Some(i) => match self
+                .read_any("getattr", 1 << i, Scope::Meta(ino), stat(handle.clone()))
+                .await
+            {
                 Err(e) if sys::is_fault(sys::errno(&e)) => {
-                    self.read_any("getattr", set & !(1 << i), Scope::Meta(ino), stat)
+                    self.read_any("getattr", set & !(1 << i), Scope::Meta(ino), stat(handle))
+                        .await
                 }
                 answer => answer,
             },
-            None => self.read_any("getattr", set, Scope::Meta(ino), stat),
+            None => {
+                self.read_any("getattr", set, Scope::Meta(ino), stat(handle))
+                    .await
+            }
         }?;
         Ok(attr::file_attr(ino, &st))
     }
 
-    pub fn setattr(&self, ino: Ino, fh: Option<u64>, changes: AttrChanges) -> io::Result<FileAttr> {
+    pub async fn setattr(
+        &self,
+        ino: Ino,
+        fh: Option<u64>,
+        changes: AttrChanges,
+    ) -> io::Result<FileAttr> {
         let handle = fh.and_then(|fh| self.files.get(fh));
         let now = attr::timespec(SystemTime::now());
         let time = |t: Option<TimeOrNow>| match t {
@@ -104,6 +120,7 @@ impl MirrorFs {
         };
         let (atime, mtime) = (time(changes.atime), time(changes.mtime));
         let _order = self.order_drained(&[ino]);
+        let _names = self.names_of(&[ino]);
         let targets = self.fresh(ino);
         // A size change changes the contents from the new size on.
         let scope = match changes.size {
@@ -115,18 +132,21 @@ impl MirrorFs {
             // ftruncate: each replica stamps its own mtime; closing the handle makes them one.
             h.wrote.store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        let fanned = fanout::apply(&self.replicas, targets, |r| {
-            self.with_object(r, ino, handle.as_deref(), |obj| {
-                changes.apply(&obj, atime, mtime)
+        let h = handle.clone();
+        let fanned = self
+            .apply("setattr", targets, How::InTurn, move |fs, r| {
+                fs.with_object(r, ino, h.as_deref(), |obj| {
+                    changes.apply(&obj, atime, mtime)
+                })
             })
-        });
+            .await;
         let mut diverged = fanned.diverged.clone();
         if let (Ok(winner), None, Some(_), None) =
             (&fanned.verdict, &handle, changes.size, changes.mtime)
         {
             // truncate(2) comes without a time: each replica stamped its own, and the
             // others take the one the answer reports.
-            diverged.extend(self.equal_mtimes(ino, *winner, fanned.succeeded()));
+            diverged.extend(self.equal_mtimes(ino, *winner, fanned.succeeded()).await);
         }
         self.settle(
             "setattr",
@@ -136,11 +156,17 @@ impl MirrorFs {
             &[scope],
         )?;
         let winner = fanned.verdict?;
-        let r = &self.replicas[winner];
-        let st = match handle.as_ref().and_then(|h| h.fd(winner)) {
-            Some(fd) => sys::fstat(fd.as_fd())?,
-            None => self.stat_on(r, ino)?,
-        };
+        let st = self
+            .read_any(
+                "setattr",
+                1 << winner,
+                Scope::Meta(ino),
+                move |fs, r| match handle.as_ref().and_then(|h| h.fd(r.index)) {
+                    Some(fd) => sys::fstat(fd.as_fd()),
+                    None => fs.stat_on(r, ino),
+                },
+            )
+            .await?;
         Ok(attr::file_attr(ino, &st))
     }
 
@@ -150,13 +176,13 @@ impl MirrorFs {
     /// kernel leaves this to mirrorfs (FUSE_HANDLE_KILLPRIV_V2), which spares a getxattr
     /// request on every write. (The replicas' own writes, made by root, drop file
     /// capabilities themselves.)
-    pub fn drop_setid(
+    pub async fn drop_setid(
         &self,
         ino: Ino,
         fh: Option<u64>,
         in_group: impl FnOnce(u32) -> bool,
     ) -> io::Result<()> {
-        let attr = self.getattr(ino, fh)?;
+        let attr = self.getattr(ino, fh).await?;
         let mode = u32::from(attr.perm);
         let mut kept = mode & !libc::S_ISUID;
         if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || !in_group(attr.gid)) {
@@ -169,20 +195,34 @@ impl MirrorFs {
             mode: Some(kept),
             ..AttrChanges::default()
         };
-        self.setattr(ino, fh, changes).map(drop)
+        self.setattr(ino, fh, changes).await.map(drop)
     }
 
     /// Gives `ino` on every replica of `set` the mtime it has on `source`; returns the
     /// replicas where that failed, with their errnos.
-    fn equal_mtimes(&self, ino: Ino, source: usize, set: ReplicaSet) -> Vec<(usize, i32)> {
-        let from = &self.replicas[source];
-        let Ok(st) = self.with_object(from, ino, None, |obj| obj.stat()) else {
+    async fn equal_mtimes(&self, ino: Ino, source: usize, set: ReplicaSet) -> Vec<(usize, i32)> {
+        let from = self
+            .engine
+            .fan(
+                "setattr",
+                vec![source],
+                How::InTurn,
+                Measure::Read,
+                move |fs, r| fs.with_object(r, ino, None, |obj| obj.stat()),
+            )
+            .await;
+        let Some((_, Ok(st))) = from.results.into_iter().next() else {
             return Vec::new();
         };
         let (_, mtime) = attr::times_of(&st);
-        let fanned = fanout::apply(&self.replicas, set & !(1 << source), |r| {
-            self.with_object(r, ino, None, |obj| obj.utimens(Time::Omit, mtime))
-        });
+        let fanned = self
+            .apply(
+                "setattr",
+                set & !(1 << source),
+                How::InTurn,
+                move |fs, r| fs.with_object(r, ino, None, |obj| obj.utimens(Time::Omit, mtime)),
+            )
+            .await;
         fanned
             .results
             .iter()
@@ -218,17 +258,24 @@ impl MirrorFs {
         self.with_name(r, ino, |dir, name| f(Object::At(dir, name)))
     }
 
-    pub fn readlink(&self, ino: Ino) -> io::Result<Vec<u8>> {
-        self.read_any("readlink", self.fresh(ino), Scope::Data(ino), |r| {
-            self.with_name(r, ino, sys::readlinkat)
-        })
+    pub async fn readlink(&self, ino: Ino) -> io::Result<Vec<u8>> {
+        let _names = self.names_of(&[ino]);
+        self.read_any(
+            "readlink",
+            self.fresh(ino),
+            Scope::Data(ino),
+            move |fs, r| fs.with_name(r, ino, sys::readlinkat),
+        )
+        .await
     }
 
     /// Space of the mirror: what the smallest replica can hold, like a RAID-1 array.
-    pub fn statfs(&self) -> io::Result<Statfs> {
-        let fanned = fanout::apply(&self.replicas, self.active(), |r| {
-            sys::fstatfs(r.root().as_fd())
-        });
+    pub async fn statfs(&self) -> io::Result<Statfs> {
+        let fanned = self
+            .apply("statfs", self.active(), How::InTurn, |_, r| {
+                sys::fstatfs(r.root().as_fd())
+            })
+            .await;
         let verdict = fanned
             .verdict
             .as_ref()

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use fuser::{FileAttr, FileType};
 
 use crate::fs::attr;
-use crate::fs::fanout;
+use crate::fs::engine::{How, Measure};
 use crate::fs::handles::{Entry, OpenDir};
 use crate::fs::inode::{Ino, ROOT};
 use crate::fs::mirror::{MirrorFs, Scope};
@@ -53,21 +53,47 @@ pub enum Slot<'a> {
 /// The inode number plain readdir reports for an entry the kernel has not looked up.
 pub const UNKNOWN_INO: u64 = 0xffff_ffff;
 
+/// A directory handle's listing from some offset on.
+pub struct Listing {
+    dir: Ino,
+    parent: Ino,
+    entries: Arc<Vec<Entry>>,
+}
+
+impl Listing {
+    /// Each position from `offset` on, with the offset of the one after it.
+    pub fn slots(&self, offset: u64) -> impl Iterator<Item = (u64, Slot<'_>)> {
+        (offset as usize..self.entries.len() + 2).map(move |pos| {
+            let slot = match pos {
+                0 => Slot::Dot(self.dir),
+                1 => Slot::DotDot(self.parent),
+                n => Slot::Named(&self.entries[n - 2]),
+            };
+            (pos as u64 + 1, slot)
+        })
+    }
+}
+
 impl MirrorFs {
-    pub fn opendir(&self, ino: Ino) -> io::Result<u64> {
+    pub async fn opendir(&self, ino: Ino) -> io::Result<u64> {
         if self.table().kind(ino) != Some(FileType::Directory) {
             return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
         }
-        let fresh = self.fresh(ino);
-        let fds = self
-            .replicas
-            .iter()
-            .map(|r| {
-                (fresh & (1 << r.index) != 0)
-                    .then(|| self.dir_fd(r, ino).ok())
-                    .flatten()
-            })
-            .collect();
+        let order = self.members(self.fresh(ino)).map(|r| r.index).collect();
+        let out = self
+            .engine
+            .fan(
+                "opendir",
+                order,
+                How::InTurn,
+                Measure::Read,
+                move |fs, r| fs.dir_fd(r, ino),
+            )
+            .await;
+        let mut fds = vec![None; self.replicas.len()];
+        for (i, fd) in out.results {
+            fds[i] = fd.ok();
+        }
         self.table().open(ino);
         Ok(self.dirs.insert(OpenDir {
             ino,
@@ -84,49 +110,37 @@ impl MirrorFs {
     }
 
     /// Reads directory `ino` from a replica whose listing of it is current.
-    fn list(&self, ino: Ino) -> io::Result<Vec<Entry>> {
+    async fn list(&self, ino: Ino) -> io::Result<Vec<Entry>> {
         self.read_any(
             "readdir",
             self.fresh_entries(ino),
             Scope::Entries(ino),
-            |r| read_listing(&self.open_dir_itself(r, ino)?, ino == ROOT),
+            move |fs, r| read_listing(&fs.open_dir_itself(r, ino)?, ino == ROOT),
         )
+        .await
     }
 
-    /// The snapshot a read at `offset` is served from: a fresh one at offset 0.
-    fn snapshot(&self, d: &OpenDir, offset: u64) -> io::Result<Arc<Vec<Entry>>> {
-        let mut snap = d.snapshot.lock().expect("snapshot lock");
-        if offset == 0 || snap.is_none() {
-            *snap = Some(Arc::new(self.list(d.ino)?));
-        }
-        Ok(snap.clone().expect("just filled"))
-    }
-
-    /// Calls `add(offset of the next entry, slot)` for each position from `offset` on
-    /// until it returns false (the reply is full).
-    pub fn readdir(
-        &self,
-        fh: u64,
-        offset: u64,
-        mut add: impl FnMut(u64, Slot<'_>) -> bool,
-    ) -> io::Result<()> {
+    /// The listing handle `fh` serves a read at `offset` from: a fresh one at offset 0.
+    pub async fn listing(&self, fh: u64, offset: u64) -> io::Result<Listing> {
         let d = self
             .dirs
             .get(fh)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
-        let entries = self.snapshot(&d, offset)?;
-        let parent = self.table().location(d.ino).map_or(ROOT, |(p, _)| p);
-        for pos in offset as usize..entries.len() + 2 {
-            let slot = match pos {
-                0 => Slot::Dot(d.ino),
-                1 => Slot::DotDot(parent),
-                n => Slot::Named(&entries[n - 2]),
-            };
-            if !add(pos as u64 + 1, slot) {
-                break;
+        let held = d.snapshot.lock().expect("snapshot lock").clone();
+        let entries = match held {
+            Some(entries) if offset != 0 => entries,
+            _ => {
+                let fresh = Arc::new(self.list(d.ino).await?);
+                *d.snapshot.lock().expect("snapshot lock") = Some(fresh.clone());
+                fresh
             }
-        }
-        Ok(())
+        };
+        let parent = self.table().location(d.ino).map_or(ROOT, |(p, _)| p);
+        Ok(Listing {
+            dir: d.ino,
+            parent,
+            entries,
+        })
     }
 
     /// The inode number plain readdir reports for `name` in `dir`.
@@ -135,10 +149,10 @@ impl MirrorFs {
     }
 
     /// Attributes for a readdirplus position; a named entry counts as a lookup.
-    pub fn entry_attr(&self, dir: Ino, slot: &Slot<'_>) -> io::Result<FileAttr> {
+    pub async fn entry_attr(&self, dir: Ino, slot: &Slot<'_>) -> io::Result<FileAttr> {
         match *slot {
-            Slot::Dot(ino) | Slot::DotDot(ino) => self.getattr(ino, None),
-            Slot::Named(entry) => self.lookup(dir, &entry.name),
+            Slot::Dot(ino) | Slot::DotDot(ino) => self.getattr(ino, None).await,
+            Slot::Named(entry) => self.lookup(dir, &entry.name).await,
         }
     }
 
@@ -146,10 +160,12 @@ impl MirrorFs {
         self.dirs.get(fh).map(|d| d.ino)
     }
 
-    pub fn fsyncdir(&self, ino: Ino, datasync: bool) -> io::Result<()> {
-        let fanned = fanout::apply(&self.replicas, self.fresh(ino), |r| {
-            sys::fsync(self.open_dir_itself(r, ino)?.as_fd(), datasync)
-        });
+    pub async fn fsyncdir(&self, ino: Ino, datasync: bool) -> io::Result<()> {
+        let fanned = self
+            .apply("fsyncdir", self.fresh(ino), How::InTurn, move |fs, r| {
+                sys::fsync(fs.open_dir_itself(r, ino)?.as_fd(), datasync)
+            })
+            .await;
         self.diverged("fsyncdir", &fanned.diverged, &[Scope::Entries(ino)]);
         fanned.verdict.map(drop)
     }

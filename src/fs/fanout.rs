@@ -1,8 +1,8 @@
 //! Applying one change to a set of replicas and combining what they answer.
 //!
-//! Every mutating operation goes through [`apply`]: the change runs on each target replica
-//! in preference order, then [`combine`] decides what the caller sees and which replicas
-//! diverged from that answer:
+//! Every mutating operation goes through [`MirrorFs::apply`]: the change runs on each
+//! target replica (through the engine, `fs::engine`), then [`combine`] decides what the
+//! caller sees and which replicas diverged from that answer:
 //! - all succeed: success;
 //! - some succeed: success; the failed ones diverged;
 //! - none succeed: the error a healthy replica would give (a semantic errno such as ENOENT
@@ -10,9 +10,10 @@
 //!   differs from it diverged. When all fail alike nothing diverged: that is the answer.
 
 use std::io;
-use std::time::Instant;
 
+use crate::fs::engine::{How, Measure};
 use crate::fs::inode::ReplicaSet;
+use crate::fs::mirror::MirrorFs;
 use crate::replica::Replica;
 use crate::sys;
 
@@ -66,98 +67,51 @@ pub fn members(replicas: &[Replica], set: ReplicaSet) -> impl Iterator<Item = &R
     replicas.iter().filter(move |r| set & (1 << r.index) != 0)
 }
 
-/// Runs `f` on replica `r`, recording how long it took as a write latency.
-pub fn timed<T>(r: &Replica, f: impl FnOnce(&Replica) -> T) -> (usize, T) {
-    let started = Instant::now();
-    let result = f(r);
-    r.write_latency.record(started.elapsed());
-    (r.index, result)
-}
-
-/// Runs `f` on every replica of `targets` and judges the results.
-pub fn apply<T>(
-    replicas: &[Replica],
-    targets: ReplicaSet,
-    mut f: impl FnMut(&Replica) -> io::Result<T>,
-) -> Fanned<T> {
-    combine(
-        members(replicas, targets)
-            .map(|r| timed(r, &mut f))
-            .collect(),
-    )
-}
-
-/// [`apply`], on every target at once.
-pub fn apply_parallel<T: Send>(
-    replicas: &[Replica],
-    targets: ReplicaSet,
-    f: impl Fn(&Replica) -> io::Result<T> + Sync,
-) -> Fanned<T> {
-    let order: Vec<&Replica> = members(replicas, targets).collect();
-    combine(at_once(&order, |r| timed(r, &f)))
-}
-
 /// How long a replica's namespace change must lately have taken, in microseconds, for
-/// the next one to run on a thread of its own: a few times what starting a thread costs.
+/// the next one to run on every replica at once: a few times what handing a step to a
+/// replica's worker costs.
 const WORTH_A_THREAD_US: f64 = 60.0;
 
-/// [`apply`] for a namespace change (create, remove, rename, link). The targets after
-/// the first run at once with it when they have lately been slow at namespace changes (a
-/// network filesystem, a disk that reads to allocate an inode), so that a mirror's change
-/// waits for its slowest replica, not for the sum of them; else one after the other,
-/// where a thread would cost more than the wait it overlaps.
-pub fn apply_namespace<T: Send>(
-    replicas: &[Replica],
-    targets: ReplicaSet,
-    f: impl Fn(&Replica) -> io::Result<T> + Sync,
-) -> Fanned<T> {
-    let order: Vec<&Replica> = members(replicas, targets).collect();
-    let step = |r: &&Replica| {
-        let started = Instant::now();
-        // A step that panics failed on its replica alone: the others' outcome stands and
-        // is judged (and journaled) like any other.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(r)))
-            .unwrap_or_else(|_| Err(io::Error::from_raw_os_error(libc::EIO)));
-        let took = started.elapsed();
-        r.write_latency.record(took);
-        r.namespace_latency.record(took);
-        (r.index, result)
-    };
-    let slow = order
-        .iter()
-        .skip(1)
-        .any(|r| r.namespace_latency.micros() >= WORTH_A_THREAD_US);
-    combine(if slow {
-        at_once(&order, step)
-    } else {
-        order.iter().map(step).collect()
-    })
-}
+impl MirrorFs {
+    /// Runs `step` on every replica of `targets` (in preference order, as `how` says) and
+    /// judges the answers (see [`combine`]). A replica that stops answering counts as one
+    /// that failed with ETIMEDOUT.
+    pub(crate) async fn apply<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        targets: ReplicaSet,
+        how: How,
+        step: impl Fn(&MirrorFs, &Replica) -> io::Result<T> + Send + Sync + 'static,
+    ) -> Fanned<T> {
+        let order = members(&self.replicas, targets).map(|r| r.index).collect();
+        let out = self.engine.fan(op, order, how, Measure::Write, step).await;
+        combine(out.results)
+    }
 
-/// Runs `f` on every item at once (the first on this thread, each other on its own) and
-/// returns the results in the items' order: for steps that wait long (a flush to disk, a
-/// large copy), where a thread costs less than the wait it overlaps.
-pub fn at_once<I: Sync, T: Send>(items: &[I], f: impl Fn(&I) -> T + Sync) -> Vec<T> {
-    let Some((first, rest)) = items.split_first() else {
-        return Vec::new();
-    };
-    std::thread::scope(|scope| {
-        // Where no thread can be started (a task limit), the step runs here, in turn.
-        let others: Vec<_> = rest
+    /// [`MirrorFs::apply`] for a namespace change (create, remove, rename, link). The
+    /// targets run at once when the replicas after the first have lately been slow at
+    /// namespace changes (a network filesystem, a disk that reads to allocate an inode),
+    /// so that a mirror's change waits for its slowest replica, not for the sum of them;
+    /// else one after the other, where a handoff would cost more than the wait it
+    /// overlaps.
+    pub(crate) async fn apply_namespace<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        targets: ReplicaSet,
+        step: impl Fn(&MirrorFs, &Replica) -> io::Result<T> + Send + Sync + 'static,
+    ) -> Fanned<T> {
+        let order: Vec<usize> = members(&self.replicas, targets).map(|r| r.index).collect();
+        let slow = order
             .iter()
-            .map(|i| {
-                std::thread::Builder::new()
-                    .spawn_scoped(scope, || f(i))
-                    .map_err(|_| i)
-            })
-            .collect();
-        let mut results = vec![f(first)];
-        results.extend(others.into_iter().map(|t| match t {
-            Ok(t) => t.join().expect("a replica step panicked"),
-            Err(i) => f(i),
-        }));
-        results
-    })
+            .skip(1)
+            .any(|&i| self.replicas[i].namespace_latency.micros() >= WORTH_A_THREAD_US);
+        let how = if slow { How::AtOnce } else { How::InTurn };
+        let out = self
+            .engine
+            .fan(op, order, how, Measure::Namespace, step)
+            .await;
+        combine(out.results)
+    }
 }
 
 /// Judges per-replica results given in preference order.

@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use fuser::{FileAttr, FileType};
 
 use crate::fs::attr;
+use crate::fs::engine::{How, Measure};
 use crate::fs::fanout::{self, Fanned};
 use crate::fs::handles::OpenFile;
 use crate::fs::inode::Ino;
@@ -109,19 +110,22 @@ impl MirrorFs {
         self.files.insert(handle)
     }
 
-    pub fn open(&self, ino: Ino, flags: i32) -> io::Result<u64> {
+    pub async fn open(&self, ino: Ino, flags: i32) -> io::Result<u64> {
         let (writable, bflags) = backing_flags(flags);
         let truncate = flags & libc::O_TRUNC != 0;
         let handle = OpenFile::new(ino, writable, bflags, self.replicas.len());
         if writable || truncate {
             let _order = truncate.then(|| self.order_drained(&[ino]));
+            let _names = self.names_of(&[ino]);
             let _flight = truncate
                 .then(|| self.intend(&[Scope::Range(ino, 0, u64::MAX)]))
                 .transpose()?;
             let oflags = bflags | if truncate { libc::O_TRUNC } else { 0 };
-            let fanned = fanout::apply(&self.replicas, self.fresh(ino), |r| {
-                self.open_backing(r, ino, oflags)
-            });
+            let fanned = self
+                .apply("open", self.fresh(ino), How::InTurn, move |fs, r| {
+                    fs.open_backing(r, ino, oflags)
+                })
+                .await;
             self.settle(
                 "open",
                 truncate && fanned.verdict.is_ok(),
@@ -143,9 +147,15 @@ impl MirrorFs {
                 handle.wrote.store(true, Ordering::Relaxed);
             }
         } else {
-            let (index, fd) = self.read_any("open", self.readable(ino), Scope::Meta(ino), |r| {
-                Ok((r.index, self.open_backing(r, ino, bflags)?))
-            })?;
+            let _names = self.names_of(&[ino]);
+            let (index, fd) = self
+                .read_any(
+                    "open",
+                    self.readable(ino),
+                    Scope::Meta(ino),
+                    move |fs, r| Ok((r.index, fs.open_backing(r, ino, bflags)?)),
+                )
+                .await?;
             handle.set_fd(index, fd);
             handle.set_read_from(index);
         }
@@ -153,7 +163,7 @@ impl MirrorFs {
     }
 
     /// Creates and opens a regular file.
-    pub fn create(
+    pub async fn create(
         &self,
         caller: Caller,
         parent: Ino,
@@ -162,113 +172,119 @@ impl MirrorFs {
         umask: u32,
         flags: i32,
     ) -> io::Result<(FileAttr, u64)> {
-        let (owner, mode) =
-            self.plan_creation(parent, caller, mode, umask, FileType::RegularFile)?;
+        let (owner, mode) = self
+            .plan_creation(parent, caller, mode, umask, FileType::RegularFile)
+            .await?;
         let (writable, bflags) = backing_flags(flags);
-        let created = self.create_node("create", parent, name, |_, dir| {
-            let fd = sys::openat(
-                dir,
-                name,
-                bflags | libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
-                mode & 0o7777,
-            )?;
-            owner.apply_fd(fd.as_fd(), dir, name)?;
-            Ok(fd)
-        });
-        match created {
-            Ok((attr, fds)) => {
-                let handle = OpenFile::new(attr.ino.0, writable, bflags, self.replicas.len());
-                // Creation stamped each replica with its own time; close makes them one.
-                handle.wrote.store(true, Ordering::Relaxed);
-                handle.set_read_from(fds[0].0);
-                for (i, fd) in fds {
-                    handle.set_fd(i, fd);
-                }
-                Ok((attr, self.register_handle(handle)))
-            }
-            // The kernel asks to create only names it believes absent; one that exists on
-            // every replica was made behind the mirror's back and is not opened unchecked.
-            Err(e) => Err(e),
+        // The kernel asks to create only names it believes absent; one that exists on
+        // every replica was made behind the mirror's back and is not opened unchecked.
+        let (attr, fds) = self
+            .create_node("create", parent, name, move |dir, name| {
+                let fd = sys::openat(
+                    dir,
+                    name,
+                    bflags | libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+                    mode & 0o7777,
+                )?;
+                owner.apply_fd(fd.as_fd(), dir, name)?;
+                Ok(fd)
+            })
+            .await?;
+        let handle = OpenFile::new(attr.ino.0, writable, bflags, self.replicas.len());
+        // Creation stamped each replica with its own time; close makes them one.
+        handle.wrote.store(true, Ordering::Relaxed);
+        handle.set_read_from(fds[0].0);
+        for (i, fd) in fds {
+            handle.set_fd(i, fd);
         }
+        Ok((attr, self.register_handle(handle)))
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
         let h = self.files.get(fh).ok_or_else(ebadf)?;
+        let _names = self.names_of(&[h.ino]);
         let fresh = self.readable(h.ino);
         let first = h.read_from();
-        let mut last = None;
-        for r in self.read_order(fresh, Some(first)) {
-            let index = r.index;
-            let started = std::time::Instant::now();
-            let attempt = self.handle_fd(&h, r).and_then(|fd| {
+        let order = self
+            .read_order(fresh, Some(first))
+            .iter()
+            .map(|r| r.index)
+            .collect();
+        let handle = h.clone();
+        let out = self
+            .engine
+            .fan("read", order, How::First, Measure::Read, move |fs, r| {
+                let fd = fs.handle_fd(&handle, r)?;
                 let mut buf = vec![0u8; size as usize];
                 let n = sys::pread_full(fd.as_fd(), &mut buf, offset)?;
                 buf.truncate(n);
                 Ok(buf)
-            });
-            r.read_latency.record(started.elapsed());
-            match attempt {
-                Ok(buf) => {
-                    if index != first {
-                        h.set_read_from(index);
-                    }
-                    return Ok(buf);
-                }
-                Err(e) if sys::is_fault(sys::errno(&e)) => {
-                    let scope = Scope::Range(h.ino, offset, u64::from(size));
-                    self.diverged("read", &[(index, sys::errno(&e))], &[scope]);
-                    last = Some(e);
-                }
-                Err(e) => return Err(e),
-            }
+            })
+            .await;
+        if let Some(w) = out.winner
+            && w != first
+        {
+            h.set_read_from(w);
         }
-        Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EIO)))
+        self.answer("read", Scope::Range(h.ino, offset, u64::from(size)), out)
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> io::Result<u32> {
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> io::Result<u32> {
         let h = self.files.get(fh).ok_or_else(ebadf)?;
         if !h.writable {
             return Err(ebadf());
         }
         let (_order, lagging) = self.order_for_write(h.ino);
+        let _names = self.names_of(&[h.ino]);
         let scope = Scope::Range(h.ino, offset, data.len() as u64);
         let flight = self.intend(&[scope])?;
         let fresh = self.fresh(h.ino);
         // In async mode the first replica that takes the write is the only one written now
         // (never one with older writes still queued for the file).
         let queues = self.lanes.is_some();
-        let order = self.write_order(fresh & !lagging);
-        let write_on = |r: &Replica| {
-            fanout::timed(r, |r| match self.handle_fd(&h, r) {
-                Ok(fd) => sys::pwrite_all(fd.as_fd(), data, offset),
-                Err(e) => Err((0, e)),
-            })
-        };
-        let mut results: Vec<(usize, sys::WriteOutcome)> = Vec::new();
-        if !queues && order.len() > 1 && data.len() >= PARALLEL_WRITE {
-            // A large write goes to every replica at once: a thread costs less than the
+        let order: Vec<usize> = self
+            .write_order(fresh & !lagging)
+            .iter()
+            .map(|r| r.index)
+            .collect();
+        let how = if queues {
+            How::Until
+        } else if order.len() > 1 && data.len() >= PARALLEL_WRITE {
+            // A large write goes to every replica at once: a handoff costs less than the
             // copy it overlaps.
-            results = fanout::at_once(&order, |r| write_on(r));
+            How::AtOnce
         } else {
-            for r in order {
-                let (index, written) = write_on(r);
-                let done = written.is_ok();
-                results.push((index, written));
-                if queues && done {
-                    break;
+            How::InTurn
+        };
+        let bytes: Arc<[u8]> = Arc::from(data);
+        let (handle, written) = (h.clone(), bytes.clone());
+        let out = self
+            .engine
+            .fan("write", order, how, Measure::Write, move |fs, r| {
+                let fd = fs.handle_fd(&handle, r)?;
+                match sys::pwrite_all(fd.as_fd(), &written, offset) {
+                    // Nothing written: as a failed call, so that async mode tries the next.
+                    Err((0, e)) => Err(e),
+                    outcome => Ok(outcome),
                 }
-            }
-        }
+            })
+            .await;
+        let results: Vec<(usize, sys::WriteOutcome)> = out
+            .results
+            .into_iter()
+            .map(|(i, r)| (i, r.unwrap_or_else(|e| Err((0, e)))))
+            .collect();
         h.wrote.store(true, Ordering::Relaxed);
         let mut attempted = results.iter().fold(0, |set, (i, _)| set | (1 << i));
         let (result, mut diverged) = judge_write(results, data.len());
         let others = fresh & !attempted;
         if result.is_ok() && queues && others != 0 {
-            // Only async mode copies the data, for the queues.
-            let (bytes, handle) = (Arc::<[u8]>::from(data), h.clone());
+            // Jobs use the descriptors the handle has: resolving a name there would need
+            // the name held, which no job does (a replica without one is repaired).
+            let handle = h.clone();
             let queued = self.queue("write", others, scope, data.len() as u64, &flight, {
-                move |fs: &MirrorFs, r: &Replica| {
-                    let fd = fs.handle_fd(&handle, r)?;
+                move |_: &MirrorFs, r: &Replica| {
+                    let fd = handle.fd(r.index).ok_or_else(ebadf)?;
                     sys::pwrite_all(fd.as_fd(), &bytes, offset).map_err(|(_, e)| e)
                 }
             });
@@ -290,29 +306,32 @@ impl MirrorFs {
         flags & libc::O_ACCMODE != libc::O_RDONLY && self.replicas.iter().any(|r| r.defers_errors)
     }
 
-    pub fn flush(&self, fh: u64) -> io::Result<()> {
+    pub async fn flush(&self, fh: u64) -> io::Result<()> {
         let h = self.files.get(fh).ok_or_else(ebadf)?;
         // Closing a duplicate reports the errors a network filesystem defers to close.
-        let fanned = fanout::apply(&self.replicas, h.open_set(), |r| {
-            let fd = h.fd(r.index).expect("open_set has a descriptor");
-            let dup = fd.try_clone()?;
-            // SAFETY: we own `dup` and close it exactly once here.
-            let ret = unsafe { libc::close(dup.as_raw_fd()) };
-            std::mem::forget(dup);
-            if ret < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        });
+        let handle = h.clone();
+        let fanned = self
+            .apply("flush", h.open_set(), How::InTurn, move |_, r| {
+                let fd = handle.fd(r.index).ok_or_else(ebadf)?;
+                let dup = fd.try_clone()?;
+                // SAFETY: we own `dup` and close it exactly once here.
+                let ret = unsafe { libc::close(dup.as_raw_fd()) };
+                std::mem::forget(dup);
+                if ret < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            })
+            .await;
         self.diverged("flush", &fanned.diverged, &[Scope::Data(h.ino)]);
-        self.sync_times(&h);
+        self.sync_times(&h).await;
         fanned.verdict.map(drop)
     }
 
-    pub fn release(&self, fh: u64) {
+    pub async fn release(&self, fh: u64) {
         if let Some(h) = self.files.remove(fh) {
-            self.sync_times(&h);
+            self.sync_times(&h).await;
             let ino = h.ino;
             drop(h);
             let gone = self.table().close(ino);
@@ -325,7 +344,7 @@ impl MirrorFs {
     /// closes of one open file: a forked child's exec closes its copy) waits for the
     /// first: neither returns, nor does a getattr answer, while the replicas' times still
     /// differ.
-    pub(crate) fn sync_times(&self, h: &Arc<OpenFile>) {
+    pub(crate) async fn sync_times(&self, h: &Arc<OpenFile>) {
         if !h.wrote.load(Ordering::Relaxed) {
             return;
         }
@@ -335,36 +354,49 @@ impl MirrorFs {
         if !h.wrote.load(Ordering::Relaxed) {
             return;
         }
+        let _names = self.names_of(&[h.ino]);
         let set = self.fresh(h.ino);
         let Ok(flight) = self.intend(&[Scope::Meta(h.ino)]) else {
             return;
         };
-        let Some(source) = self.write_source(set) else {
+        let Some(source) = self.write_source(set).map(|r| r.index) else {
             h.wrote.store(false, Ordering::Relaxed);
             return;
         };
-        let Ok(st) = self
-            .handle_fd(h, source)
-            .and_then(|fd| sys::fstat(fd.as_fd()))
-        else {
+        let handle = h.clone();
+        let stat = self
+            .engine
+            .fan(
+                "utimens",
+                vec![source],
+                How::InTurn,
+                Measure::Read,
+                move |fs, r| sys::fstat(fs.handle_fd(&handle, r)?.as_fd()),
+            )
+            .await;
+        let Some((_, Ok(st))) = stat.results.into_iter().next() else {
             return;
         };
         let (atime, mtime) = attr::times_of(&st);
-        let others = set & !(1 << source.index);
+        let others = set & !(1 << source);
         let handle = h.clone();
         let queued = self.queue("utimens", others, Scope::Meta(h.ino), 0, &flight, {
-            move |fs: &MirrorFs, r: &Replica| {
-                sys::futimens(fs.handle_fd(&handle, r)?.as_fd(), atime, mtime)
+            move |_: &MirrorFs, r: &Replica| {
+                let fd = handle.fd(r.index).ok_or_else(ebadf)?;
+                sys::futimens(fd.as_fd(), atime, mtime)
             }
         });
         let (ok, attempted, diverged) = match queued {
             Some(marked) => (true, set, marked),
             None => {
-                let fanned = fanout::apply(&self.replicas, others, |r| {
-                    sys::futimens(self.handle_fd(h, r)?.as_fd(), atime, mtime)
-                });
+                let handle = h.clone();
+                let fanned = self
+                    .apply("utimens", others, How::InTurn, move |fs, r| {
+                        sys::futimens(fs.handle_fd(&handle, r)?.as_fd(), atime, mtime)
+                    })
+                    .await;
                 // The source already has these times: it took part.
-                let attempted = fanned.attempted() | (1 << source.index);
+                let attempted = fanned.attempted() | (1 << source);
                 (fanned.verdict.is_ok(), attempted, fanned.diverged)
             }
         };
@@ -376,8 +408,9 @@ impl MirrorFs {
     /// Flushes the file on every replica current for it; in async mode on the primary
     /// alone (the intents of the changes queued for the others are on disk already), or
     /// with `--fsync-all` on every replica once its queue has reached the file.
-    pub fn fsync(&self, fh: u64, datasync: bool) -> io::Result<()> {
+    pub async fn fsync(&self, fh: u64, datasync: bool) -> io::Result<()> {
         let h = self.files.get(fh).ok_or_else(ebadf)?;
+        let _names = self.names_of(&[h.ino]);
         let targets = match self.options.mode {
             Mode::Async {
                 fsync_all: false, ..
@@ -393,9 +426,12 @@ impl MirrorFs {
             Mode::Sync => self.fresh(h.ino),
         };
         // Every replica flushes at once: the disks wait side by side, not in turn.
-        let fanned = fanout::apply_parallel(&self.replicas, targets, |r| {
-            sys::fsync(self.handle_fd(&h, r)?.as_fd(), datasync)
-        });
+        let handle = h.clone();
+        let fanned = self
+            .apply("fsync", targets, How::AtOnce, move |fs, r| {
+                sys::fsync(fs.handle_fd(&handle, r)?.as_fd(), datasync)
+            })
+            .await;
         self.diverged("fsync", &fanned.diverged, &[Scope::Data(h.ino)]);
         let flushed = fanned.succeeded().count_ones() as usize;
         if fanned.verdict.is_ok() && flushed < self.options.write_quorum {
@@ -405,19 +441,23 @@ impl MirrorFs {
         fanned.verdict.map(drop)
     }
 
-    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> io::Result<()> {
+    pub async fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> io::Result<()> {
         let h = self.files.get(fh).ok_or_else(ebadf)?;
         if !h.writable {
             return Err(ebadf());
         }
         let _order = self.order_drained(&[h.ino]);
+        let _names = self.names_of(&[h.ino]);
         // Collapsing or inserting a range moves everything after it.
         let shifts = mode & (libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE) != 0;
         let scope = Scope::Range(h.ino, offset, if shifts { u64::MAX } else { len });
         let _flight = self.intend(&[scope])?;
-        let fanned = fanout::apply(&self.replicas, self.fresh(h.ino), |r| {
-            sys::fallocate(self.handle_fd(&h, r)?.as_fd(), mode, offset, len)
-        });
+        let handle = h.clone();
+        let fanned = self
+            .apply("fallocate", self.fresh(h.ino), How::InTurn, move |fs, r| {
+                sys::fallocate(fs.handle_fd(&handle, r)?.as_fd(), mode, offset, len)
+            })
+            .await;
         h.wrote.store(true, Ordering::Relaxed);
         if fanned.verdict.is_err() {
             self.diverged("fallocate", &fanned.diverged, &[scope]);
@@ -425,33 +465,44 @@ impl MirrorFs {
         }
         // Replicas whose filesystem lacks the mode get the same contents another way.
         let attempted = fanned.attempted();
-        let mut diverged = Vec::new();
-        for (index, errno) in fanned.diverged {
-            let emulated = errno == libc::EOPNOTSUPP
-                && self
-                    .handle_fd(&h, &self.replicas[index])
-                    .and_then(|fd| emulate_fallocate(fd.as_fd(), mode, offset, len))
-                    .is_ok();
-            if !emulated {
-                diverged.push((index, errno));
-            }
+        let (lacking, mut diverged): (Vec<_>, Vec<_>) = fanned
+            .diverged
+            .into_iter()
+            .partition(|&(_, errno)| errno == libc::EOPNOTSUPP);
+        if !lacking.is_empty() {
+            let set = lacking.iter().fold(0, |s, (i, _)| s | (1 << i));
+            let handle = h.clone();
+            let emulated = self
+                .apply("fallocate", set, How::InTurn, move |fs, r| {
+                    emulate_fallocate(fs.handle_fd(&handle, r)?.as_fd(), mode, offset, len)
+                })
+                .await;
+            diverged.extend(
+                emulated
+                    .results
+                    .iter()
+                    .filter(|(_, r)| r.is_err())
+                    .map(|(i, _)| (*i, libc::EOPNOTSUPP)),
+            );
         }
         self.settle("fallocate", true, attempted, &diverged, &[scope])?;
         Ok(())
     }
 
-    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> io::Result<i64> {
+    pub async fn lseek(&self, fh: u64, offset: i64, whence: i32) -> io::Result<i64> {
         let h = self.files.get(fh).ok_or_else(ebadf)?;
+        let _names = self.names_of(&[h.ino]);
         let fresh = self.readable(h.ino);
         let first = 1 << h.read_from();
         let set = if fresh & first != 0 { first } else { fresh };
-        self.read_any("lseek", set, Scope::Meta(h.ino), |r| {
-            sys::lseek(self.handle_fd(&h, r)?.as_fd(), offset, whence)
+        let handle = h.clone();
+        self.read_any("lseek", set, Scope::Meta(h.ino), move |fs, r| {
+            sys::lseek(fs.handle_fd(&handle, r)?.as_fd(), offset, whence)
         })
+        .await
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn copy_file_range(
+    pub async fn copy_file_range(
         &self,
         fh_in: u64,
         offset_in: u64,
@@ -468,21 +519,19 @@ impl MirrorFs {
         // The source is locked too, so that no write to it lands between two replicas'
         // copies.
         let _order = self.order_drained(&[src.ino, dst.ino]);
+        let _names = self.names_of(&[src.ino, dst.ino]);
         let _flight = self.intend(&[Scope::Range(dst.ino, offset_out, len)])?;
-        let src_fresh = self.fresh(src.ino);
-        let source = self.members(src_fresh).next();
-        let fanned = fanout::apply(&self.replicas, self.fresh(dst.ino), |r| {
-            let to = self.handle_fd(&dst, r)?;
-            if src_fresh & (1 << r.index) != 0 {
-                let from = self.handle_fd(&src, r)?;
+        // A replica whose copy of the source is out of date is not tried: it is marked
+        // for the range, and repair copies it there.
+        let targets = self.fresh(dst.ino) & self.fresh(src.ino);
+        let (from, to) = (src.clone(), dst.clone());
+        let fanned = self
+            .apply("copy_file_range", targets, How::InTurn, move |fs, r| {
+                let to = fs.handle_fd(&to, r)?;
+                let from = fs.handle_fd(&from, r)?;
                 sys::copy_range(from.as_fd(), offset_in, to.as_fd(), offset_out, len)
-            } else {
-                // This replica's copy of the source is out of date: copy a current one.
-                let other = source.ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
-                let from = self.handle_fd(&src, other)?;
-                copy_through(from.as_fd(), offset_in, to.as_fd(), offset_out, len)
-            }
-        });
+            })
+            .await;
         dst.wrote.store(true, Ordering::Relaxed);
         // Every replica must have copied as much as the one whose answer stands.
         let mut diverged = fanned.diverged.clone();
@@ -510,29 +559,6 @@ impl MirrorFs {
         )?;
         fanned.value().map(|n| n as u32)
     }
-}
-
-/// Copies up to `len` bytes from one descriptor to another through a buffer, for files on
-/// different replicas; returns the count copied (less only at the end of the source).
-fn copy_through(
-    from: BorrowedFd<'_>,
-    from_off: u64,
-    to: BorrowedFd<'_>,
-    to_off: u64,
-    len: u64,
-) -> io::Result<u64> {
-    let mut buf = vec![0u8; len.min(1 << 20) as usize];
-    let mut done = 0u64;
-    while done < len {
-        let want = (len - done).min(buf.len() as u64) as usize;
-        let n = sys::pread_full(from, &mut buf[..want], from_off + done)?;
-        if n == 0 {
-            break;
-        }
-        sys::pwrite_all(to, &buf[..n], to_off + done).map_err(|(_, e)| e)?;
-        done += n as u64;
-    }
-    Ok(done)
 }
 
 /// Judges per-replica write results (`Err` carries the bytes written before the error).

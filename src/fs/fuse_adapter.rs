@@ -1,6 +1,6 @@
-//! The FUSE boundary: `fuser::Filesystem` for a shared [`MirrorFs`]. Each method calls
-//! one operation, then replies exactly once, turning `io::Error`s into errnos here and
-//! nowhere else.
+//! The FUSE boundary: `fuser::Filesystem` for a shared [`MirrorFs`]. Each method hands
+//! the engine one operation and its reply, which it sends exactly once (from whichever
+//! thread finishes the request), turning `io::Error`s into errnos here and nowhere else.
 
 use std::ffi::OsStr;
 use std::io;
@@ -27,8 +27,13 @@ use crate::sys;
 /// Largest write the kernel may send in one request.
 const MAX_WRITE: u32 = 1 << 20;
 
+/// The errno an application gets. A replica that does not answer is a fault of the
+/// mirror's storage, not a network timeout of the caller's: EIO, as a local disk reports.
 fn errno(e: io::Error) -> Errno {
-    Errno::from_i32(sys::errno(&e))
+    match sys::errno(&e) {
+        libc::ETIMEDOUT => Errno::EIO,
+        n => Errno::from_i32(n),
+    }
 }
 
 fn caller(req: &Request) -> Caller {
@@ -45,13 +50,27 @@ fn privileged(req: &Request) -> bool {
     req.uid() == 0
 }
 
+/// Who asks, as far as group membership goes.
+#[derive(Clone, Copy)]
+struct Member {
+    gid: u32,
+    pid: u32,
+}
+
+fn member(req: &Request) -> Member {
+    Member {
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
 /// Whether the caller is in group `gid`: its own, or one of the supplementary groups its
 /// process lists.
-fn in_group(req: &Request, gid: u32) -> bool {
-    if req.gid() == gid {
+fn in_group(who: Member, gid: u32) -> bool {
+    if who.gid == gid {
         return true;
     }
-    std::fs::read_to_string(format!("/proc/{}/status", req.pid()))
+    std::fs::read_to_string(format!("/proc/{}/status", who.pid))
         .ok()
         .and_then(|status| {
             let groups = status.lines().find_map(|l| l.strip_prefix("Groups:"))?;
@@ -87,6 +106,11 @@ fn negative_entry() -> fuser::FileAttr {
 pub struct FuseMirror(pub Arc<MirrorFs>);
 
 impl FuseMirror {
+    /// Serves one request: `fut` runs its operation and sends its reply.
+    fn serve<'a>(&'a self, fut: impl std::future::Future<Output = ()> + Send + 'a) {
+        self.0.engine.block_on(&self.0, fut)
+    }
+
     /// How the kernel handles a file opened with `flags`: its pages are kept across
     /// opens (mirrorfs is the only writer of its replicas), and its closes are answered
     /// only where that matters (see `MirrorFs::wants_flush`).
@@ -139,14 +163,16 @@ impl Filesystem for FuseMirror {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.0.lookup(parent.0, name) {
-            // A negative entry: the kernel may remember the name is absent for the TTL;
-            // every create through the mount replaces it.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                reply.entry(&self.0.options.ttl, &negative_entry(), GENERATION)
+        self.serve(async move {
+            match self.0.lookup(parent.0, name).await {
+                // A negative entry: the kernel may remember the name is absent for the
+                // TTL; every create through the mount replaces it.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    reply.entry(&self.0.options.ttl, &negative_entry(), GENERATION)
+                }
+                result => self.entry(reply, result),
             }
-            result => self.entry(reply, result),
-        }
+        })
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -154,10 +180,12 @@ impl Filesystem for FuseMirror {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.0.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(attr) => reply.attr(&self.0.options.ttl, &attr),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.serve(async move {
+            match self.0.getattr(ino.0, fh.map(|f| f.0)).await {
+                Ok(attr) => reply.attr(&self.0.options.ttl, &attr),
+                Err(e) => reply.error(errno(e)),
+            }
+        })
     }
 
     fn setattr(
@@ -187,21 +215,32 @@ impl Filesystem for FuseMirror {
             mtime,
         };
         let fh = fh.map(|f| f.0);
-        let truncated = match size {
-            Some(_) if !privileged(req) => self.0.drop_setid(ino.0, fh, |g| in_group(req, g)),
-            _ => Ok(()),
-        };
-        match truncated.and_then(|()| self.0.setattr(ino.0, fh, changes)) {
-            Ok(attr) => reply.attr(&self.0.options.ttl, &attr),
-            Err(e) => reply.error(errno(e)),
-        }
+        let (privileged, who) = (privileged(req), member(req));
+        self.serve(async move {
+            let truncated = match size {
+                Some(_) if !privileged => {
+                    Box::pin(self.0.drop_setid(ino.0, fh, |g| in_group(who, g))).await
+                }
+                _ => Ok(()),
+            };
+            let result = match truncated {
+                Ok(()) => self.0.setattr(ino.0, fh, changes).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(attr) => reply.attr(&self.0.options.ttl, &attr),
+                Err(e) => reply.error(errno(e)),
+            }
+        })
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.0.readlink(ino.0) {
-            Ok(target) => reply.data(&target),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.serve(async move {
+            match self.0.readlink(ino.0).await {
+                Ok(target) => reply.data(&target),
+                Err(e) => reply.error(errno(e)),
+            }
+        })
     }
 
     fn mknod(
@@ -214,8 +253,14 @@ impl Filesystem for FuseMirror {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let result = self.0.mknod(caller(req), parent.0, name, mode, umask, rdev);
-        self.entry(reply, result);
+        let caller = caller(req);
+        self.serve(async move {
+            let result = self
+                .0
+                .mknod(caller, parent.0, name, mode, umask, rdev)
+                .await;
+            self.entry(reply, result);
+        })
     }
 
     fn mkdir(
@@ -227,16 +272,19 @@ impl Filesystem for FuseMirror {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let result = self.0.mkdir(caller(req), parent.0, name, mode, umask);
-        self.entry(reply, result);
+        let caller = caller(req);
+        self.serve(async move {
+            let result = self.0.mkdir(caller, parent.0, name, mode, umask).await;
+            self.entry(reply, result);
+        })
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.0.unlink(parent.0, name));
+        self.serve(async move { empty(reply, self.0.unlink(parent.0, name).await) })
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.0.rmdir(parent.0, name));
+        self.serve(async move { empty(reply, self.0.rmdir(parent.0, name).await) })
     }
 
     fn symlink(
@@ -247,8 +295,11 @@ impl Filesystem for FuseMirror {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let result = self.0.symlink(caller(req), parent.0, link_name, target);
-        self.entry(reply, result);
+        let caller = caller(req);
+        self.serve(async move {
+            let result = self.0.symlink(caller, parent.0, link_name, target).await;
+            self.entry(reply, result);
+        })
     }
 
     fn rename(
@@ -261,10 +312,13 @@ impl Filesystem for FuseMirror {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let result = self
-            .0
-            .rename(parent.0, name, newparent.0, newname, flags.bits());
-        empty(reply, result);
+        self.serve(async move {
+            let result = self
+                .0
+                .rename(parent.0, name, newparent.0, newname, flags.bits())
+                .await;
+            empty(reply, result);
+        })
     }
 
     fn link(
@@ -275,19 +329,30 @@ impl Filesystem for FuseMirror {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.entry(reply, self.0.link(ino.0, newparent.0, newname));
+        self.serve(async move {
+            let result = self.0.link(ino.0, newparent.0, newname).await;
+            self.entry(reply, result);
+        })
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let truncated = if flags.0 & libc::O_TRUNC != 0 && !privileged(req) {
-            self.0.drop_setid(ino.0, None, |gid| in_group(req, gid))
-        } else {
-            Ok(())
-        };
-        match truncated.and_then(|()| self.0.open(ino.0, flags.0)) {
-            Ok(fh) => reply.opened(FileHandle(fh), self.open_flags(flags.0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        let drop_setid = flags.0 & libc::O_TRUNC != 0 && !privileged(req);
+        let who = member(req);
+        self.serve(async move {
+            let truncated = if drop_setid {
+                Box::pin(self.0.drop_setid(ino.0, None, |gid| in_group(who, gid))).await
+            } else {
+                Ok(())
+            };
+            let result = match truncated {
+                Ok(()) => self.0.open(ino.0, flags.0).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(fh) => reply.opened(FileHandle(fh), self.open_flags(flags.0)),
+                Err(e) => reply.error(errno(e)),
+            }
+        })
     }
 
     fn read(
@@ -301,10 +366,12 @@ impl Filesystem for FuseMirror {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.0.read(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.serve(async move {
+            match self.0.read(fh.0, offset, size).await {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(errno(e)),
+            }
+        })
     }
 
     fn write(
@@ -319,17 +386,28 @@ impl Filesystem for FuseMirror {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let written = if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-            self.0
-                .drop_setid(ino.0, Some(fh.0), |gid| in_group(req, gid))
-                .and_then(|()| self.0.write(fh.0, offset, data))
-        } else {
-            self.0.write(fh.0, offset, data)
-        };
-        match written {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(e)),
-        }
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        let who = member(req);
+        self.serve(async move {
+            let dropped = if kill {
+                // Rare: boxed, so that every write does not carry its state.
+                Box::pin(
+                    self.0
+                        .drop_setid(ino.0, Some(fh.0), |gid| in_group(who, gid)),
+                )
+                .await
+            } else {
+                Ok(())
+            };
+            let written = match dropped {
+                Ok(()) => self.0.write(fh.0, offset, data).await,
+                Err(e) => Err(e),
+            };
+            match written {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(e)),
+            }
+        })
     }
 
     fn flush(
@@ -340,7 +418,7 @@ impl Filesystem for FuseMirror {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.0.flush(fh.0));
+        self.serve(async move { empty(reply, self.0.flush(fh.0).await) })
     }
 
     fn release(
@@ -353,8 +431,10 @@ impl Filesystem for FuseMirror {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.0.release(fh.0);
-        reply.ok();
+        self.serve(async move {
+            self.0.release(fh.0).await;
+            reply.ok();
+        })
     }
 
     fn fsync(
@@ -365,14 +445,16 @@ impl Filesystem for FuseMirror {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.0.fsync(fh.0, datasync));
+        self.serve(async move { empty(reply, self.0.fsync(fh.0, datasync).await) })
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.0.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.serve(async move {
+            match self.0.opendir(ino.0).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno(e)),
+            }
+        })
     }
 
     fn readdir(
@@ -383,18 +465,23 @@ impl Filesystem for FuseMirror {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let result = self.0.readdir(fh.0, offset, |next, slot| {
-            let (ino, kind, name): (u64, _, &OsStr) = match slot {
-                Slot::Dot(i) => (i, fuser::FileType::Directory, OsStr::new(".")),
-                Slot::DotDot(i) => (i, fuser::FileType::Directory, OsStr::new("..")),
-                Slot::Named(e) => (self.0.entry_ino(ino.0, e), e.kind, &e.name),
+        self.serve(async move {
+            let listing = match self.0.listing(fh.0, offset).await {
+                Ok(l) => l,
+                Err(e) => return reply.error(errno(e)),
             };
-            !reply.add(INodeNo(ino), next, kind, name)
-        });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+            for (next, slot) in listing.slots(offset) {
+                let (ino, kind, name): (u64, _, &OsStr) = match slot {
+                    Slot::Dot(i) => (i, fuser::FileType::Directory, OsStr::new(".")),
+                    Slot::DotDot(i) => (i, fuser::FileType::Directory, OsStr::new("..")),
+                    Slot::Named(e) => (self.0.entry_ino(ino.0, e), e.kind, &e.name),
+                };
+                if reply.add(INodeNo(ino), next, kind, name) {
+                    break;
+                }
+            }
+            reply.ok();
+        })
     }
 
     fn readdirplus(
@@ -406,28 +493,33 @@ impl Filesystem for FuseMirror {
         mut reply: ReplyDirectoryPlus,
     ) {
         let ttl = self.0.options.ttl;
-        let result = self.0.readdir(fh.0, offset, |next, slot| {
-            let attr = match self.0.entry_attr(ino.0, &slot) {
-                Ok(attr) => attr,
-                // The entry went away since the listing was taken.
-                Err(_) => return true,
+        self.serve(async move {
+            let listing = match self.0.listing(fh.0, offset).await {
+                Ok(l) => l,
+                Err(e) => return reply.error(errno(e)),
             };
-            let name: &OsStr = match slot {
-                Slot::Dot(_) => OsStr::new("."),
-                Slot::DotDot(_) => OsStr::new(".."),
-                Slot::Named(e) => &e.name,
-            };
-            let full = reply.add(attr.ino, next, name, &ttl, &attr, GENERATION);
-            if full && matches!(slot, Slot::Named(_)) {
-                // Not sent, so not a lookup the kernel will forget.
-                self.0.forget(attr.ino.0, 1);
+            for (next, slot) in listing.slots(offset) {
+                let attr = match self.0.entry_attr(ino.0, &slot).await {
+                    Ok(attr) => attr,
+                    // The entry went away since the listing was taken.
+                    Err(_) => continue,
+                };
+                let name: &OsStr = match slot {
+                    Slot::Dot(_) => OsStr::new("."),
+                    Slot::DotDot(_) => OsStr::new(".."),
+                    Slot::Named(e) => &e.name,
+                };
+                let full = reply.add(attr.ino, next, name, &ttl, &attr, GENERATION);
+                if full {
+                    if matches!(slot, Slot::Named(_)) {
+                        // Not sent, so not a lookup the kernel will forget.
+                        self.0.forget(attr.ino.0, 1);
+                    }
+                    break;
+                }
             }
-            !full
-        });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+            reply.ok();
+        })
     }
 
     fn releasedir(
@@ -450,16 +542,18 @@ impl Filesystem for FuseMirror {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.0.fsyncdir(ino.0, datasync));
+        self.serve(async move { empty(reply, self.0.fsyncdir(ino.0, datasync).await) })
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.0.statfs() {
-            Ok(s) => reply.statfs(
-                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
-            ),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.serve(async move {
+            match self.0.statfs().await {
+                Ok(s) => reply.statfs(
+                    s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+                ),
+                Err(e) => reply.error(errno(e)),
+            }
+        })
     }
 
     fn setxattr(
@@ -472,27 +566,32 @@ impl Filesystem for FuseMirror {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.0.setxattr(ino.0, name, value, flags));
+        self.serve(async move { empty(reply, self.0.setxattr(ino.0, name, value, flags).await) })
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.0.getxattr(ino.0, name, size) {
-            Ok(XattrReply::Size(n)) => reply.size(n),
-            Ok(XattrReply::Data(d)) => reply.data(&d),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.serve(async move {
+            match self.0.getxattr(ino.0, name, size).await {
+                Ok(XattrReply::Size(n)) => reply.size(n),
+                Ok(XattrReply::Data(d)) => reply.data(&d),
+                Err(e) => reply.error(errno(e)),
+            }
+        })
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.0.listxattr(ino.0, size, req.uid()) {
-            Ok(XattrReply::Size(n)) => reply.size(n),
-            Ok(XattrReply::Data(d)) => reply.data(&d),
-            Err(e) => reply.error(errno(e)),
-        }
+        let uid = req.uid();
+        self.serve(async move {
+            match self.0.listxattr(ino.0, size, uid).await {
+                Ok(XattrReply::Size(n)) => reply.size(n),
+                Ok(XattrReply::Data(d)) => reply.data(&d),
+                Err(e) => reply.error(errno(e)),
+            }
+        })
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(reply, self.0.removexattr(ino.0, name));
+        self.serve(async move { empty(reply, self.0.removexattr(ino.0, name).await) })
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
@@ -510,19 +609,23 @@ impl Filesystem for FuseMirror {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self
-            .0
-            .create(caller(req), parent.0, name, mode, umask, flags)
-        {
-            Ok((attr, fh)) => reply.created(
-                &self.0.options.ttl,
-                &attr,
-                GENERATION,
-                FileHandle(fh),
-                self.open_flags(flags),
-            ),
-            Err(e) => reply.error(errno(e)),
-        }
+        let caller = caller(req);
+        self.serve(async move {
+            match self
+                .0
+                .create(caller, parent.0, name, mode, umask, flags)
+                .await
+            {
+                Ok((attr, fh)) => reply.created(
+                    &self.0.options.ttl,
+                    &attr,
+                    GENERATION,
+                    FileHandle(fh),
+                    self.open_flags(flags),
+                ),
+                Err(e) => reply.error(errno(e)),
+            }
+        })
     }
 
     fn ioctl(
@@ -564,7 +667,7 @@ impl Filesystem for FuseMirror {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.0.fallocate(fh.0, offset, length, mode));
+        self.serve(async move { empty(reply, self.0.fallocate(fh.0, offset, length, mode).await) })
     }
 
     fn lseek(
@@ -576,10 +679,12 @@ impl Filesystem for FuseMirror {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        match self.0.lseek(fh.0, offset, whence) {
-            Ok(off) => reply.offset(off),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.serve(async move {
+            match self.0.lseek(fh.0, offset, whence).await {
+                Ok(off) => reply.offset(off),
+                Err(e) => reply.error(errno(e)),
+            }
+        })
     }
 
     fn copy_file_range(
@@ -599,12 +704,15 @@ impl Filesystem for FuseMirror {
             reply.error(Errno::EINVAL);
             return;
         }
-        match self
-            .0
-            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
-        {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.serve(async move {
+            match self
+                .0
+                .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+                .await
+            {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(e)),
+            }
+        })
     }
 }

@@ -385,7 +385,7 @@ impl MirrorFs {
         // closed: they are made equal now, under an intent of the next epoch, so that
         // settling this one leaves no difference that no record names.
         for h in self.files.all() {
-            self.sync_times(&h);
+            self.engine.block_on(self, self.sync_times(&h));
         }
         for r in self.members(self.active()) {
             if let Err(e) = r.syncfs() {

@@ -185,14 +185,17 @@ impl Lanes {
     }
 
     /// Waits until no lane has a job queued for any of `inos` (for every job, with an
-    /// empty slice).
-    pub fn drain(&self, inos: &[Ino]) {
+    /// empty slice), leaving out the lanes of the replicas in `abandoned()`: a replica
+    /// that stopped answering holds its queue until it answers again, and its jobs are
+    /// marks by then.
+    pub fn drain(&self, inos: &[Ino], abandoned: impl Fn() -> ReplicaSet) {
         let pending = || {
-            if inos.is_empty() {
-                self.busy() != 0
+            let busy = if inos.is_empty() {
+                self.busy()
             } else {
-                inos.iter().any(|&ino| self.lagging(ino) != 0)
-            }
+                inos.iter().fold(0, |s, &ino| s | self.lagging(ino))
+            };
+            busy & !abandoned() != 0
         };
         let mut w = self.waiting.lock().expect("lanes wait lock");
         while pending() {
@@ -262,7 +265,15 @@ impl MirrorFs {
             // marked already).
             self.diverged(op, &[(index, 0)], &[scope]);
         } else {
-            let (_, result) = crate::fs::fanout::timed(r, |r| apply(self, r));
+            // On this lane's own thread: if the replica stops answering, only its queue
+            // waits (it trips at its bound), and the watchdog sees the call.
+            let started = Instant::now();
+            let result = {
+                let _call = r.live.begin(op, None);
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply(self, r)))
+                    .unwrap_or_else(|_| Err(io::Error::from_raw_os_error(libc::EIO)))
+            };
+            r.write_latency.record(started.elapsed());
             if let Err(e) = result {
                 self.diverged(op, &[(index, sys::errno(&e))], &[scope]);
             }
@@ -309,7 +320,7 @@ impl MirrorFs {
         if set != 0 || fresh == 0 {
             return set;
         }
-        lanes.drain(&[ino]);
+        lanes.drain(&[ino], || self.abandoned());
         self.fresh(ino)
     }
 
@@ -320,7 +331,7 @@ impl MirrorFs {
     pub(crate) fn order_drained(&self, inos: &[Ino]) -> crate::fs::mirror::OrderGuards<'_> {
         let guards = self.order(inos);
         if let Some(lanes) = self.async_lanes() {
-            lanes.drain(inos);
+            lanes.drain(inos, || self.abandoned());
         }
         guards
     }
@@ -360,7 +371,7 @@ impl MirrorFs {
         let lagging = lanes.lagging(ino);
         match self.write_source(self.fresh(ino)) {
             Some(first) if lagging & (1 << first.index) != 0 => {
-                lanes.drain(&[ino]);
+                lanes.drain(&[ino], || self.abandoned());
                 (guards, lanes.lagging(ino))
             }
             _ => (guards, lagging),
@@ -375,14 +386,14 @@ impl MirrorFs {
     /// Waits until no lane has a job queued for `ino`.
     pub(crate) fn drain_ino(&self, ino: Ino) {
         if let Some(lanes) = self.async_lanes() {
-            lanes.drain(&[ino]);
+            lanes.drain(&[ino], || self.abandoned());
         }
     }
 
     /// Waits until every lane is empty (at unmount).
     pub(crate) fn drain_lanes(&self) {
         if let Some(lanes) = self.async_lanes() {
-            lanes.drain(&[]);
+            lanes.drain(&[], || self.abandoned());
         }
     }
 
@@ -458,7 +469,7 @@ mod tests {
             lanes.finished(1, j.ino, j.bytes);
         }
         assert_eq!(lanes.lagging(7), 0);
-        lanes.drain(&[]);
+        lanes.drain(&[], || 0);
         assert!(matches!(lanes.push(1, job(&flights, 9, 1)), Route::Queued));
         // A job still queued keeps its epoch open.
         let waiter = {

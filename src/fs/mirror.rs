@@ -2,23 +2,43 @@
 //! shares (choosing replicas, resolving an inode on a replica, recording divergence).
 //!
 //! The operations live in sibling modules as further `impl MirrorFs` blocks, grouped by
-//! concern; `fuse_adapter` turns their `io::Result`s into FUSE replies.
+//! concern; `fuse_adapter` turns their `io::Result`s into FUSE replies. They are `async`:
+//! each awaits fan-outs whose steps the engine (`fs::engine`) runs on the replicas, and
+//! which another thread finishes when a replica stops answering. A step holds no lock of
+//! the mirror while it is inside a replica: the locks an operation needs (order, names,
+//! moves) are taken by the operation and can be released by whichever thread finishes
+//! it.
 
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockWriteGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use tracing::warn;
+use tracing::{error, warn};
 
 use crate::fs::handles::{HandleTable, OpenDir, OpenFile};
 use fuser::FileType;
 
+use crate::fs::engine::{Context, Engine, How, Measure};
 use crate::fs::inode::{Ino, InodeTable, ROOT, ReplicaSet};
 use crate::fs::set::MirrorSet;
 use crate::replica::Replica;
 use crate::sys;
+
+/// A replica's ENOENT that says nothing about the mirror: the directory was removed there
+/// from outside the mount (see [`MirrorFs::removed_behind`]).
+#[derive(Debug)]
+struct RemovedBehind;
+
+impl std::fmt::Display for RemovedBehind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("directory removed behind the mount")
+    }
+}
+
+impl std::error::Error for RemovedBehind {}
 
 /// Why a replica diverged: the error it returned, or (errno 0) that it was skipped.
 pub fn divergence_reason(errno: i32) -> String {
@@ -41,6 +61,11 @@ pub struct FsOptions {
     pub mode: Mode,
     /// How often the changes made are settled (see [`crate::fs::intent`]).
     pub settle_interval: Duration,
+    /// How long a replica may have a call outstanding without completing any before it
+    /// is failed as not answering (see [`crate::liveness`]).
+    pub replica_timeout: Duration,
+    /// How many request threads may be inside one replica's calls at once.
+    pub inline_limit: usize,
 }
 
 /// When a change is acknowledged.
@@ -90,13 +115,15 @@ impl Scope {
 ///
 /// `order` serialises the changes to one inode so that every replica applies them in the
 /// same order. `names` guards the link between an inode and its name: operations that
-/// reach an inode through its parent and name hold it shared from resolving the name to
-/// the end of the system call, and rename, unlink and rmdir hold it exclusively while
-/// they move or remove the inode on every replica and in the table. Order locks are
-/// always taken before name locks, each kind in stripe order.
+/// reach an inode through its parent and name hold it shared ([`MirrorFs::names_of`])
+/// while their steps resolve the name and make their calls, and rename, unlink and rmdir
+/// hold it exclusively while they move or remove the inode on every replica and in the
+/// table. Order locks are always taken before name locks, each kind in stripe order.
+/// The guards are `Send`: a request whose thread is held in a replica that stopped
+/// answering is finished, and its locks released, by another thread.
 struct InodeLocks {
-    order: Vec<Mutex<()>>,
-    names: Vec<RwLock<()>>,
+    order: Vec<parking_lot::Mutex<()>>,
+    names: Vec<parking_lot::RwLock<()>>,
 }
 
 const LOCK_STRIPES: usize = 256;
@@ -116,15 +143,75 @@ fn stripes(inos: &[Ino]) -> Vec<usize> {
 impl InodeLocks {
     fn new() -> InodeLocks {
         InodeLocks {
-            order: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
-            names: (0..LOCK_STRIPES).map(|_| RwLock::new(())).collect(),
+            order: (0..LOCK_STRIPES)
+                .map(|_| parking_lot::Mutex::new(()))
+                .collect(),
+            names: (0..LOCK_STRIPES)
+                .map(|_| parking_lot::RwLock::new(()))
+                .collect(),
         }
     }
 }
 
 /// Guards held for the duration of one change.
-pub(crate) type OrderGuards<'a> = Vec<MutexGuard<'a, ()>>;
-pub(crate) type NameGuards<'a> = Vec<RwLockWriteGuard<'a, ()>>;
+pub(crate) type OrderGuards<'a> = Vec<parking_lot::MutexGuard<'a, ()>>;
+pub(crate) type NameGuards<'a> = Vec<parking_lot::RwLockWriteGuard<'a, ()>>;
+/// The names of at most two inodes held in place (see [`MirrorFs::names_of`]).
+pub(crate) type NameReadGuards<'a> = [Option<parking_lot::RwLockReadGuard<'a, ()>>; 2];
+
+/// Directory moves and removals against path resolution, without a lock held inside a
+/// replica: a move makes the version odd while it runs (one move at a time); resolving a
+/// directory's path on a replica waits for an even version and starts over if the version
+/// changed meanwhile, so a path is never taken from the table half-way through a move.
+#[derive(Debug, Default)]
+struct Moves {
+    version: AtomicU64,
+    one_at_a_time: parking_lot::Mutex<()>,
+    settled: (parking_lot::Mutex<()>, parking_lot::Condvar),
+}
+
+/// A directory move or removal under way; it ends when dropped.
+pub(crate) struct Moving<'a> {
+    moves: &'a Moves,
+    _one: parking_lot::MutexGuard<'a, ()>,
+}
+
+impl Drop for Moving<'_> {
+    fn drop(&mut self) {
+        self.moves.version.fetch_add(1, Ordering::AcqRel);
+        let _g = self.moves.settled.0.lock();
+        self.moves.settled.1.notify_all();
+    }
+}
+
+impl Moves {
+    fn begin(&self) -> Moving<'_> {
+        let one = self.one_at_a_time.lock();
+        self.version.fetch_add(1, Ordering::AcqRel);
+        Moving {
+            moves: self,
+            _one: one,
+        }
+    }
+
+    /// The version once no move is under way.
+    fn stable(&self) -> u64 {
+        loop {
+            let v = self.version.load(Ordering::Acquire);
+            if v.is_multiple_of(2) {
+                return v;
+            }
+            let mut g = self.settled.0.lock();
+            if self.version.load(Ordering::Acquire) == v {
+                self.settled.1.wait_for(&mut g, Duration::from_millis(5));
+            }
+        }
+    }
+
+    fn unchanged(&self, v: u64) -> bool {
+        self.version.load(Ordering::Acquire) == v
+    }
+}
 
 pub struct MirrorFs {
     pub(crate) replicas: Vec<Replica>,
@@ -133,10 +220,8 @@ pub struct MirrorFs {
     table: Mutex<InodeTable>,
     pub(crate) files: HandleTable<OpenFile>,
     pub(crate) dirs: HandleTable<OpenDir>,
-    /// Held for reading while a directory path is resolved on a replica, for writing while
-    /// a directory is renamed or removed, so a path is never resolved half-way through
-    /// such a change.
-    namespace: RwLock<()>,
+    /// Directory moves against path resolution.
+    moves: Moves,
     locks: InodeLocks,
     pub(crate) options: FsOptions,
     pub(crate) backoff: crate::fs::probe::Backoff,
@@ -149,11 +234,22 @@ pub struct MirrorFs {
     pub(crate) settler: crate::fs::intent::Settler,
     /// In async mode, the queue of each replica.
     pub(crate) lanes: Option<Arc<crate::fs::lanes::Lanes>>,
+    /// Runs operations on the replicas.
+    pub(crate) engine: Engine<MirrorFs>,
 }
 
 impl MirrorFs {
-    pub fn new(replicas: Vec<Replica>, options: FsOptions, set: MirrorSet) -> MirrorFs {
+    /// The mirror that `me` will hold (build it with `Arc::new_cyclic`).
+    pub fn new(
+        replicas: Vec<Replica>,
+        options: FsOptions,
+        set: MirrorSet,
+        me: Weak<MirrorFs>,
+    ) -> MirrorFs {
         let repair = crate::fs::repair::Repair::new(options.repair_rate);
+        for r in &replicas {
+            r.live.set_inline_limit(options.inline_limit);
+        }
         let ids = (0..replicas.len()).map(|i| set.state(i).replica).collect();
         let lanes = match options.mode {
             Mode::Async { max_lag, .. } => Some(Arc::new(crate::fs::lanes::Lanes::new(
@@ -170,7 +266,8 @@ impl MirrorFs {
             table: Mutex::new(InodeTable::new()),
             files: HandleTable::default(),
             dirs: HandleTable::default(),
-            namespace: RwLock::new(()),
+            moves: Moves::default(),
+            engine: Engine::new(me, options.replica_timeout),
             locks: InodeLocks::new(),
             settler: crate::fs::intent::Settler::new(options.settle_interval),
             options,
@@ -188,7 +285,7 @@ impl MirrorFs {
     pub(crate) fn order(&self, inos: &[Ino]) -> OrderGuards<'_> {
         stripes(inos)
             .into_iter()
-            .map(|s| self.locks.order[s].lock().expect("order lock"))
+            .map(|s| self.locks.order[s].lock())
             .collect()
     }
 
@@ -197,13 +294,28 @@ impl MirrorFs {
     pub(crate) fn rename_guard(&self, inos: &[Ino]) -> NameGuards<'_> {
         stripes(inos)
             .into_iter()
-            .map(|s| self.locks.names[s].write().expect("name lock"))
+            .map(|s| self.locks.names[s].write())
             .collect()
     }
 
-    /// Excludes path resolution while a directory moves or disappears.
-    pub(crate) fn namespace_change(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
-        self.namespace.write().expect("namespace lock")
+    /// Keeps the names of `inos` where they are while an operation reaches them through
+    /// them (see [`MirrorFs::with_name`]).
+    pub(crate) fn names_of(&self, inos: &[Ino]) -> NameReadGuards<'_> {
+        let lock = |s: usize| Some(self.locks.names[s].read());
+        match *inos {
+            [a] => [lock(stripe(a)), None],
+            [a, b] if stripe(a) == stripe(b) => [lock(stripe(a)), None],
+            [a, b] => {
+                let (first, second) = (stripe(a).min(stripe(b)), stripe(a).max(stripe(b)));
+                [lock(first), lock(second)]
+            }
+            _ => panic!("names_of holds one or two inodes"),
+        }
+    }
+
+    /// A directory moves or disappears: paths resolved meanwhile are resolved again.
+    pub(crate) fn namespace_change(&self) -> Moving<'_> {
+        self.moves.begin()
     }
 
     /// Replicas whose copy of `ino` is current.
@@ -250,34 +362,41 @@ impl MirrorFs {
         crate::fs::fanout::members(&self.replicas, set)
     }
 
-    /// An `O_PATH` descriptor of directory `ino` on replica `r`.
+    /// An `O_PATH` descriptor of directory `ino` on replica `r`. Must not be called by
+    /// an operation that moves a directory (it would wait for itself).
     pub(crate) fn dir_fd(&self, r: &Replica, ino: Ino) -> io::Result<Arc<OwnedFd>> {
         if let Some(fd) = r.cached_dir(ino) {
             return Ok(fd);
         }
-        let _resolving = self.namespace.read().expect("namespace lock");
-        let path = self.table().relative_path(ino);
-        match path {
-            Some(path) => r.open_dir(ino, &path),
-            // Removed, but still open: the handle kept its descriptor.
-            None => self
-                .dirs
-                .find(|d| d.ino == ino && d.fds[r.index].is_some())
-                .and_then(|d| d.fds[r.index].clone())
-                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT)),
+        loop {
+            let version = self.moves.stable();
+            let path = self.table().relative_path(ino);
+            let opened = match path {
+                Some(path) => r.open_dir(ino, &path),
+                // Removed, but still open: the handle kept its descriptor.
+                None => {
+                    return self
+                        .dirs
+                        .find(|d| d.ino == ino && d.fds[r.index].is_some())
+                        .and_then(|d| d.fds[r.index].clone())
+                        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT));
+                }
+            };
+            if self.moves.unchanged(version) {
+                return opened.map(|fd| r.cache_dir(ino, fd));
+            }
         }
     }
 
-    /// Runs `f` with the descriptor of the parent directory of `ino` on `r` and its name,
-    /// while no rename or unlink can change that name. Fails with ENOENT for a node with
-    /// no name left.
+    /// Runs `f` with the descriptor of the parent directory of `ino` on `r` and its name.
+    /// The operation holds the name in place ([`MirrorFs::names_of`]) so that no rename
+    /// or unlink changes it meanwhile. Fails with ENOENT for a node with no name left.
     pub(crate) fn with_name<T>(
         &self,
         r: &Replica,
         ino: Ino,
         f: impl FnOnce(BorrowedFd<'_>, &OsStr) -> io::Result<T>,
     ) -> io::Result<T> {
-        let _name = self.locks.names[stripe(ino)].read().expect("name lock");
         let (parent, name) = self
             .table()
             .location(ino)
@@ -331,41 +450,68 @@ impl MirrorFs {
         )
     }
 
-    /// Tries `f` on each replica of `set` in preference order until one answers. A fault
-    /// (EIO, ENOTCONN, ...) marks that replica out of sync for `scope` and moves on; any
-    /// other error is the answer.
-    pub(crate) fn read_any<T>(
+    /// Tries `step` on each replica of `set` in preference order until one answers (see
+    /// [`How::First`]: a replica slow to answer is hedged). A fault (EIO, ENOTCONN, ...)
+    /// marks that replica out of sync for `scope` (failing it) and moves on; any other
+    /// error is the answer.
+    pub(crate) async fn read_any<T: Send + 'static>(
         &self,
         op: &'static str,
         set: ReplicaSet,
         scope: Scope,
-        mut f: impl FnMut(&Replica) -> io::Result<T>,
+        step: impl Fn(&MirrorFs, &Replica) -> io::Result<T> + Send + Sync + 'static,
     ) -> io::Result<T> {
+        let order = self.read_order(set, None).iter().map(|r| r.index).collect();
+        let out = self
+            .engine
+            .fan(
+                op,
+                order,
+                How::First,
+                Measure::Read,
+                move |fs, r| match step(fs, r) {
+                    Err(e) if sys::errno(&e) == libc::ENOENT && fs.removed_behind(r, scope) => {
+                        Err(io::Error::other(RemovedBehind))
+                    }
+                    other => other,
+                },
+            )
+            .await;
+        self.answer(op, scope, out)
+    }
+
+    /// The answer of a read fan-out; the replicas that faulted are marked for `scope`.
+    pub(crate) fn answer<T>(
+        &self,
+        op: &'static str,
+        scope: Scope,
+        out: crate::fs::engine::Outcome<T>,
+    ) -> io::Result<T> {
+        let mut answer = None;
         let mut last = None;
-        for r in self.read_order(set, None) {
-            let started = std::time::Instant::now();
-            let result = f(r);
-            r.read_latency.record(started.elapsed());
+        for (i, result) in out.results {
             match result {
-                Ok(v) => return Ok(v),
+                r if Some(i) == out.winner => answer = Some(r),
+                Err(e) if e.get_ref().is_some_and(|x| x.is::<RemovedBehind>()) => {
+                    self.diverged(op, &[(i, libc::ENOENT)], &[scope]);
+                    last = Some(io::Error::from_raw_os_error(libc::ENOENT));
+                }
                 Err(e) if sys::is_fault(sys::errno(&e)) => {
-                    self.diverged(op, &[(r.index, sys::errno(&e))], &[scope]);
+                    self.diverged(op, &[(i, sys::errno(&e))], &[scope]);
                     last = Some(e);
                 }
-                Err(e) if sys::errno(&e) == libc::ENOENT && self.removed_behind(r, scope) => {
-                    self.diverged(op, &[(r.index, libc::ENOENT)], &[scope]);
-                    last = Some(e);
-                }
-                Err(e) => return Err(e),
+                // Answered too, but later than the winner.
+                _ => {}
             }
         }
-        Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EIO)))
+        answer
+            .unwrap_or_else(|| Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EIO))))
     }
 
     /// The directory that holds `scope` on `r` was removed there by something other than
     /// the mount, so an ENOENT found through its cached descriptor says nothing about the
     /// mirror. The stale descriptor is dropped.
-    fn removed_behind(&self, r: &Replica, scope: Scope) -> bool {
+    pub(crate) fn removed_behind(&self, r: &Replica, scope: Scope) -> bool {
         let dir = match scope {
             Scope::Entries(dir) => Some(dir),
             s => self.table().location(s.ino()).map(|(parent, _)| parent),
@@ -461,6 +607,32 @@ impl MirrorFs {
         Ok(())
     }
 
+    /// Runs `f` on one of `r`'s workers, with the mirror at hand (to resolve names), and
+    /// waits for it: at most until the replica is abandoned (ETIMEDOUT). For background
+    /// work (repair, the prober), which may hold locks an operation needs while it waits.
+    pub(crate) fn on<T: Send + 'static>(
+        &self,
+        r: &Replica,
+        what: &'static str,
+        f: impl FnOnce(&MirrorFs, &Replica) -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let fs = self
+            .engine
+            .mirror()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+        let index = r.index;
+        r.live.call(what, move || f(&fs, &fs.replicas[index]))
+    }
+
+    /// The replicas abandoned because they stopped answering, whose stuck calls have not
+    /// all returned.
+    pub(crate) fn abandoned(&self) -> ReplicaSet {
+        self.replicas
+            .iter()
+            .filter(|r| r.live.stuck())
+            .fold(0, |s, r| s | (1 << r.index))
+    }
+
     /// Every replica, as a set.
     pub(crate) fn every(&self) -> ReplicaSet {
         self.replicas.iter().fold(0, |s, r| s | (1 << r.index))
@@ -490,7 +662,7 @@ impl MirrorFs {
 
 impl MirrorFs {
     /// The mount goes away: flush every replica's filesystem and record which replicas
-    /// end the session in sync.
+    /// end the session in sync. A replica that does not answer is left behind.
     pub fn shut_down(&self) {
         self.drain_lanes();
         self.sync_replicas();
@@ -503,11 +675,57 @@ impl MirrorFs {
         self.set.clean_shutdown(&self.replicas, marked, tracked);
     }
 
-    /// Flushes every replica's filesystem.
+    /// Flushes every replica's filesystem, each at the same time as the others.
     fn sync_replicas(&self) {
-        for r in &self.replicas {
-            if let Err(e) = r.syncfs() {
-                warn!(replica = %r.path.display(), error = %e, "syncfs failed");
+        let pending: Vec<_> = self
+            .replicas
+            .iter()
+            .map(|r| {
+                let root = r.root();
+                (r, r.live.start("syncfs", move || Replica::syncfs_at(&root)))
+            })
+            .collect();
+        for (r, p) in pending {
+            if let Err(e) = p.wait() {
+                warn!(replica = %r.path.display(), error = %sys::describe(&e), "syncfs failed");
+            }
+        }
+    }
+}
+
+impl Context for MirrorFs {
+    fn replicas(&self) -> &[Replica] {
+        &self.replicas
+    }
+
+    fn engine(&self) -> &Engine<MirrorFs> {
+        &self.engine
+    }
+
+    fn not_answering(&self, index: usize, what: &'static str, waited: Duration) {
+        let r = &self.replicas[index];
+        let reason = format!(
+            "not answering: no reply to {what} for {:.1} s",
+            waited.as_secs_f64()
+        );
+        r.record_error(what, String::new(), libc::ETIMEDOUT);
+        if r.set_failed(libc::ETIMEDOUT, reason.clone()) {
+            error!(
+                replica = %r.path.display(),
+                reason,
+                "replica is not answering; requests go on without it, what it misses is \
+                 recorded, and it is repaired once its stuck calls return"
+            );
+        }
+        self.set.deactivate(index);
+        // The journal records go to the other replicas, which may be slow too: not from
+        // the watchdog.
+        if let Some(fs) = self.engine.mirror() {
+            let spawned = std::thread::Builder::new()
+                .name("fail".into())
+                .spawn(move || fs.fail_replica(&fs.replicas[index]));
+            if let Err(e) = spawned {
+                warn!(error = %e, "cannot record the replica's failure now");
             }
         }
     }

@@ -8,14 +8,15 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{FileAttr, FileType};
 
 use crate::fs::attr;
-use crate::fs::fanout;
+use crate::fs::engine::{How, Measure};
 use crate::fs::inode::{BackingKey, Ino, ROOT, ReplicaSet};
 use crate::fs::mirror::{MirrorFs, Scope};
 use crate::names;
@@ -107,7 +108,7 @@ fn has_default_acl(dir: BorrowedFd<'_>) -> bool {
 }
 
 impl MirrorFs {
-    pub fn lookup(&self, parent: Ino, name: &OsStr) -> io::Result<FileAttr> {
+    pub async fn lookup(&self, parent: Ino, name: &OsStr) -> io::Result<FileAttr> {
         names::validate(name)?;
         if names::is_reserved(parent == ROOT, name) {
             return Err(io::Error::from_raw_os_error(libc::ENOENT));
@@ -124,11 +125,14 @@ impl MirrorFs {
             (Some(c), dir) => dir & self.readable(c),
             (None, dir) => dir,
         };
-        let (index, st) = self.read_any("lookup", set, Scope::Entries(parent), |r| {
-            let dir = self.dir_fd(r, parent)?;
-            Ok((r.index, sys::statat(dir.as_fd(), name)?))
-        })?;
-        let (keys, multi) = self.identities(set, parent, name, index, &st);
+        let owned = name.to_os_string();
+        let (index, st) = self
+            .read_any("lookup", set, Scope::Entries(parent), move |fs, r| {
+                let dir = fs.dir_fd(r, parent)?;
+                Ok((r.index, sys::statat(dir.as_fd(), &owned)?))
+            })
+            .await?;
+        let (keys, multi) = self.identities(set, parent, name, index, &st).await;
         let ino = self
             .table()
             .lookup(parent, name, attr::kind(st.st_mode), &keys, multi);
@@ -139,7 +143,7 @@ impl MirrorFs {
     /// whether it is a file with several hard links. Such a file is also looked up on the
     /// other replicas of `set`, so that a name reached through any of them finds the same
     /// inode.
-    pub(crate) fn identities(
+    pub(crate) async fn identities(
         &self,
         set: ReplicaSet,
         parent: Ino,
@@ -151,14 +155,30 @@ impl MirrorFs {
         let multi = kind != libc::S_IFDIR && st.st_nlink > 1;
         let mut keys = vec![(first, st.st_dev, st.st_ino)];
         if multi {
-            for r in self.members(set).filter(|r| r.index != first) {
-                let other = self
-                    .dir_fd(r, parent)
-                    .and_then(|dir| sys::statat(dir.as_fd(), name));
+            let others = self
+                .members(set)
+                .filter(|r| r.index != first)
+                .map(|r| r.index)
+                .collect();
+            let owned = name.to_os_string();
+            let out = self
+                .engine
+                .fan(
+                    "lookup",
+                    others,
+                    How::InTurn,
+                    Measure::Read,
+                    move |fs, r| {
+                        let dir = fs.dir_fd(r, parent)?;
+                        sys::statat(dir.as_fd(), &owned)
+                    },
+                )
+                .await;
+            for (i, other) in out.results {
                 if let Ok(o) = other
                     && o.st_mode & libc::S_IFMT == kind
                 {
-                    keys.push((r.index, o.st_dev, o.st_ino));
+                    keys.push((i, o.st_dev, o.st_ino));
                 }
             }
         }
@@ -170,10 +190,10 @@ impl MirrorFs {
         self.dropped(&gone);
     }
 
-    /// Works out, on the first replica where `parent` is current, how nodes created in
-    /// `parent` must be owned and which mode they get from the requested `mode` and the
-    /// caller's `umask`.
-    pub(crate) fn plan_creation(
+    /// Works out, on a replica where `parent` is current, how nodes created in `parent`
+    /// must be owned and which mode they get from the requested `mode` and the caller's
+    /// `umask`.
+    pub(crate) async fn plan_creation(
         &self,
         parent: Ino,
         caller: Caller,
@@ -181,22 +201,23 @@ impl MirrorFs {
         umask: u32,
         kind: FileType,
     ) -> io::Result<(Ownership, u32)> {
-        let r = self
-            .members(self.fresh(parent))
-            .next()
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
-        let dir = self.dir_fd(r, parent)?;
-        let st = sys::fstat(dir.as_fd())?;
+        let (st, default_acl) = self
+            .read_any(
+                "create",
+                self.fresh(parent),
+                Scope::Meta(parent),
+                move |fs, r| {
+                    let dir = fs.dir_fd(r, parent)?;
+                    Ok((sys::fstat(dir.as_fd())?, has_default_acl(dir.as_fd())))
+                },
+            )
+            .await?;
         let setgid_dir = st.st_mode & libc::S_ISGID != 0;
         let gid = if setgid_dir { st.st_gid } else { caller.gid };
         let (duid, dgid) = daemon_ids();
         let created_gid = if setgid_dir { st.st_gid } else { dgid };
         let chown = caller.uid != duid || gid != created_gid;
-        let mode = if has_default_acl(dir.as_fd()) {
-            mode
-        } else {
-            mode & !umask
-        };
+        let mode = if default_acl { mode } else { mode & !umask };
         let perm = mode & 0o7777;
         let restore_mode = (chown
             && kind != FileType::Directory
@@ -218,21 +239,28 @@ impl MirrorFs {
     /// Creates a node named `name` in `parent` on every replica where `parent` is current
     /// and registers it. `make` creates it on one replica; its value per replica is
     /// returned with the new node's attributes.
-    pub(crate) fn create_node<T: Send>(
+    pub(crate) async fn create_node<T: Send + 'static>(
         &self,
         op: &'static str,
         parent: Ino,
         name: &OsStr,
-        make: impl Fn(&Replica, BorrowedFd<'_>) -> io::Result<T> + Sync,
+        make: impl Fn(BorrowedFd<'_>, &OsStr) -> io::Result<T> + Send + Sync + 'static,
     ) -> io::Result<(FileAttr, Vec<(usize, T)>)> {
         self.check_name(parent, name)?;
         let targets = self.fresh(parent);
         let _order = self.order(&[parent]);
         let flight = self.intend(&[Scope::Entries(parent)])?;
-        let fanned = fanout::apply_namespace(&self.replicas, targets, |r| {
-            let dir = self.dir_fd(r, parent)?;
-            make(r, dir.as_fd())
-        });
+        let owned = name.to_os_string();
+        // The first target, whose answer normally stands, also reports what it made.
+        let first = self.members(targets).next().map(|r| r.index);
+        let fanned = self
+            .apply_namespace(op, targets, move |fs, r| {
+                let dir = fs.dir_fd(r, parent)?;
+                let made = make(dir.as_fd(), &owned)?;
+                let st = (Some(r.index) == first).then(|| sys::statat(dir.as_fd(), &owned));
+                Ok((made, st))
+            })
+            .await;
         let winner = match &fanned.verdict {
             Ok(w) => *w,
             Err(_) => {
@@ -241,24 +269,65 @@ impl MirrorFs {
                 return Err(fanned.value().err().expect("verdict is an error"));
             }
         };
-        let r = &self.replicas[winner];
-        let dir = self.dir_fd(r, parent)?;
-        let st = sys::statat(dir.as_fd(), name)?;
-        let (keys, multi) = self.identities(fanned.succeeded(), parent, name, winner, &st);
+        let (attempted, succeeded, mut diverged) = (
+            fanned.attempted(),
+            fanned.succeeded(),
+            fanned.diverged.clone(),
+        );
+        let mut made = Vec::new();
+        let mut stat = None;
+        for (i, (value, st)) in fanned.successes() {
+            if i == winner {
+                stat = st;
+            }
+            made.push((i, value));
+        }
+        let stat = match stat {
+            Some(st) => st,
+            // The first target failed: the one that made it reports.
+            None => {
+                let owned = name.to_os_string();
+                self.engine
+                    .fan(
+                        op,
+                        vec![winner],
+                        How::InTurn,
+                        Measure::Read,
+                        move |fs, r| sys::statat(fs.dir_fd(r, parent)?.as_fd(), &owned),
+                    )
+                    .await
+                    .results
+                    .pop()
+                    .map_or_else(
+                        || Err(io::Error::from_raw_os_error(libc::EIO)),
+                        |(_, st)| st,
+                    )
+            }
+        };
+        let st = match stat {
+            Ok(st) => st,
+            Err(e) => {
+                // Made, but not there to look at: as good as not made.
+                diverged.push((winner, sys::errno(&e)));
+                self.diverged(op, &diverged, &[Scope::Entries(parent)]);
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+        };
+        let (keys, multi) = self.identities(succeeded, parent, name, winner, &st).await;
         let kind = attr::kind(st.st_mode);
         let ino = self.table().lookup(parent, name, kind, &keys, multi);
         self.born(&flight, ino, kind);
         self.settle(
             op,
             true,
-            fanned.attempted(),
-            &fanned.diverged,
+            attempted,
+            &diverged,
             &[Scope::Entries(parent), Scope::Data(ino)],
         )?;
-        Ok((attr::file_attr(ino, &st), fanned.successes()))
+        Ok((attr::file_attr(ino, &st), made))
     }
 
-    pub fn mkdir(
+    pub async fn mkdir(
         &self,
         caller: Caller,
         parent: Ino,
@@ -266,15 +335,19 @@ impl MirrorFs {
         mode: u32,
         umask: u32,
     ) -> io::Result<FileAttr> {
-        let (owner, mode) = self.plan_creation(parent, caller, mode, umask, FileType::Directory)?;
-        let (attr, _) = self.create_node("mkdir", parent, name, |_, dir| {
-            sys::mkdirat(dir, name, mode & 0o7777)?;
-            owner.apply(dir, name, true)
-        })?;
+        let (owner, mode) = self
+            .plan_creation(parent, caller, mode, umask, FileType::Directory)
+            .await?;
+        let (attr, _) = self
+            .create_node("mkdir", parent, name, move |dir, name| {
+                sys::mkdirat(dir, name, mode & 0o7777)?;
+                owner.apply(dir, name, true)
+            })
+            .await?;
         Ok(attr)
     }
 
-    pub fn mknod(
+    pub async fn mknod(
         &self,
         caller: Caller,
         parent: Ino,
@@ -284,32 +357,41 @@ impl MirrorFs {
         rdev: u32,
     ) -> io::Result<FileAttr> {
         let kind = attr::kind(mode);
-        let (owner, mode) = self.plan_creation(parent, caller, mode, umask, kind)?;
+        let (owner, mode) = self
+            .plan_creation(parent, caller, mode, umask, kind)
+            .await?;
         let owner = owner.with_creation_time();
-        let (attr, _) = self.create_node("mknod", parent, name, |_, dir| {
-            sys::mknodat(dir, name, mode, rdev as u64)?;
-            owner.apply(dir, name, false)
-        })?;
+        let (attr, _) = self
+            .create_node("mknod", parent, name, move |dir, name| {
+                sys::mknodat(dir, name, mode, rdev as u64)?;
+                owner.apply(dir, name, false)
+            })
+            .await?;
         Ok(attr)
     }
 
-    pub fn symlink(
+    pub async fn symlink(
         &self,
         caller: Caller,
         parent: Ino,
         name: &OsStr,
         target: &Path,
     ) -> io::Result<FileAttr> {
-        let (owner, _) = self.plan_creation(parent, caller, 0o777, 0, FileType::Symlink)?;
+        let (owner, _) = self
+            .plan_creation(parent, caller, 0o777, 0, FileType::Symlink)
+            .await?;
         let owner = owner.with_creation_time();
-        let (attr, _) = self.create_node("symlink", parent, name, |_, dir| {
-            sys::symlinkat(target.as_os_str(), dir, name)?;
-            owner.apply(dir, name, false)
-        })?;
+        let target = target.as_os_str().to_os_string();
+        let (attr, _) = self
+            .create_node("symlink", parent, name, move |dir, name| {
+                sys::symlinkat(&target, dir, name)?;
+                owner.apply(dir, name, false)
+            })
+            .await?;
         Ok(attr)
     }
 
-    pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &OsStr) -> io::Result<FileAttr> {
+    pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &OsStr) -> io::Result<FileAttr> {
         self.check_name(new_parent, new_name)?;
         let targets = {
             let t = self.table();
@@ -317,13 +399,18 @@ impl MirrorFs {
             t.fresh(ino, all) & t.fresh(new_parent, all)
         };
         let _order = self.order(&[new_parent]);
+        let _names = self.names_of(&[ino]);
         let _flight = self.intend(&[Scope::Entries(new_parent), Scope::Meta(ino)])?;
-        let fanned = fanout::apply_namespace(&self.replicas, targets, |r| {
-            let dst_dir = self.dir_fd(r, new_parent)?;
-            self.with_name(r, ino, |src_dir, src_name| {
-                sys::linkat(src_dir, src_name, dst_dir.as_fd(), new_name)
+        let owned = new_name.to_os_string();
+        let fanned = self
+            .apply_namespace("link", targets, move |fs, r| {
+                let dst_dir = fs.dir_fd(r, new_parent)?;
+                fs.with_name(r, ino, |src_dir, src_name| {
+                    sys::linkat(src_dir, src_name, dst_dir.as_fd(), &owned)
+                })?;
+                Ok(sys::statat(dst_dir.as_fd(), &owned))
             })
-        });
+            .await;
         let scopes = [Scope::Entries(new_parent), Scope::Data(ino)];
         self.settle(
             "link",
@@ -333,42 +420,75 @@ impl MirrorFs {
             &scopes,
         )?;
         let succeeded = fanned.succeeded();
-        let winner = fanned.verdict?;
-        let r = &self.replicas[winner];
-        let dir = self.dir_fd(r, new_parent)?;
-        let st = sys::statat(dir.as_fd(), new_name)?;
-        let (keys, _) = self.identities(succeeded, new_parent, new_name, winner, &st);
+        let st = fanned.value()??;
+        let winner = self.members(succeeded).next().map_or(0, |r| r.index);
+        let (keys, _) = self
+            .identities(succeeded, new_parent, new_name, winner, &st)
+            .await;
         self.table().link(ino, new_parent, new_name, &keys);
         Ok(attr::file_attr(ino, &st))
     }
 
-    pub fn unlink(&self, parent: Ino, name: &OsStr) -> io::Result<()> {
-        self.remove(parent, name, false)
+    pub async fn unlink(&self, parent: Ino, name: &OsStr) -> io::Result<()> {
+        self.remove(parent, name, false).await
     }
 
-    pub fn rmdir(&self, parent: Ino, name: &OsStr) -> io::Result<()> {
-        self.remove(parent, name, true)
+    pub async fn rmdir(&self, parent: Ino, name: &OsStr) -> io::Result<()> {
+        self.remove(parent, name, true).await
     }
 
-    fn remove(&self, parent: Ino, name: &OsStr, dir_entry: bool) -> io::Result<()> {
+    /// The descriptors of directories `dirs` on each replica of `targets`, resolved before
+    /// an operation takes locks that resolving waits for.
+    async fn resolve(&self, targets: ReplicaSet, dirs: Vec<Ino>) -> Resolved {
+        // Descriptors held already need no call on any replica.
+        let cached: Option<Vec<_>> = self
+            .members(targets)
+            .map(|r| {
+                let fds: Option<Vec<_>> = dirs.iter().map(|&d| r.cached_dir(d)).collect();
+                fds.map(|fds| (r.index, Ok(fds)))
+            })
+            .collect();
+        if let Some(cached) = cached {
+            return Arc::new(cached);
+        }
+        let order = self.members(targets).map(|r| r.index).collect();
+        let out = self
+            .engine
+            .fan(
+                "resolve",
+                order,
+                How::InTurn,
+                Measure::Read,
+                move |fs, r| dirs.iter().map(|&d| fs.dir_fd(r, d)).collect(),
+            )
+            .await;
+        Arc::new(
+            out.results
+                .into_iter()
+                .map(|(i, fds)| (i, fds.map_err(|e| sys::errno(&e))))
+                .collect(),
+        )
+    }
+
+    async fn remove(&self, parent: Ino, name: &OsStr, dir_entry: bool) -> io::Result<()> {
         names::validate(name)?;
         if names::is_reserved(parent == ROOT, name) {
             return Err(io::Error::from_raw_os_error(libc::ENOENT));
         }
         let op = if dir_entry { "rmdir" } else { "unlink" };
         let targets = self.fresh(parent);
-        let dirs: Vec<_> = self
-            .members(targets)
-            .map(|r| (r.index, self.dir_fd(r, parent)))
-            .collect();
+        let dirs = self.resolve(targets, vec![parent]).await;
         let victim = self.table().child(parent, name);
         let _order = self.order(&[parent]);
         let _names = self.rename_guard(victim.as_slice());
         let _moving = dir_entry.then(|| self.namespace_change());
         let _flight = self.intend(&[Scope::Entries(parent)])?;
-        let fanned = fanout::apply_namespace(&self.replicas, targets, |r| {
-            sys::unlinkat(resolved(&dirs, r)?.as_fd(), name, dir_entry)
-        });
+        let owned = name.to_os_string();
+        let fanned = self
+            .apply_namespace(op, targets, move |_, r| {
+                sys::unlinkat(resolved(&dirs, r)?[0].as_fd(), &owned, dir_entry)
+            })
+            .await;
         self.settle(
             op,
             fanned.verdict.is_ok(),
@@ -384,7 +504,7 @@ impl MirrorFs {
         Ok(())
     }
 
-    pub fn rename(
+    pub async fn rename(
         &self,
         parent: Ino,
         name: &OsStr,
@@ -411,15 +531,7 @@ impl MirrorFs {
                 is_dir(moving) || is_dir(displaced),
             )
         };
-        let dirs: Vec<_> = self
-            .members(targets)
-            .map(|r| {
-                let fds = self
-                    .dir_fd(r, parent)
-                    .and_then(|a| Ok((a, self.dir_fd(r, new_parent)?)));
-                (r.index, fds)
-            })
-            .collect();
+        let dirs = self.resolve(targets, vec![parent, new_parent]).await;
         let _order = self.order(&[parent, new_parent]);
         let moved: Vec<Ino> = moving.into_iter().chain(displaced).collect();
         let _names = self.rename_guard(&moved);
@@ -434,10 +546,13 @@ impl MirrorFs {
             intents.extend(moving.map(Scope::Data));
         }
         let _flight = self.intend(&intents)?;
-        let fanned = fanout::apply_namespace(&self.replicas, targets, |r| {
-            let (from, to) = resolved(&dirs, r)?;
-            sys::renameat2(from.as_fd(), name, to.as_fd(), new_name, flags)
-        });
+        let (from_name, to_name) = (name.to_os_string(), new_name.to_os_string());
+        let fanned = self
+            .apply_namespace("rename", targets, move |_, r| {
+                let fds = resolved(&dirs, r)?;
+                sys::renameat2(fds[0].as_fd(), &from_name, fds[1].as_fd(), &to_name, flags)
+            })
+            .await;
         let mut scopes = vec![Scope::Entries(parent), Scope::Entries(new_parent)];
         scopes.extend(moving.map(Scope::Data));
         if exchange {
@@ -465,13 +580,15 @@ impl MirrorFs {
     }
 }
 
-/// The directory descriptor (or pair) resolved on `r` before a change took its locks,
-/// or the error resolving it gave.
-fn resolved<'a, T>(fds: &'a [(usize, io::Result<T>)], r: &Replica) -> io::Result<&'a T> {
+/// Directory descriptors resolved per replica before a change took its locks (or the
+/// errno resolving gave), shared with the change's steps.
+type Resolved = Arc<Vec<(usize, Result<Vec<Arc<OwnedFd>>, i32>)>>;
+
+/// The directory descriptors resolved on `r`.
+fn resolved<'a>(fds: &'a Resolved, r: &Replica) -> io::Result<&'a [Arc<OwnedFd>]> {
     let (_, fds) = fds
         .iter()
         .find(|(i, _)| *i == r.index)
         .expect("resolved on every target");
-    fds.as_ref()
-        .map_err(|e| io::Error::from_raw_os_error(sys::errno(e)))
+    fds.as_deref().map_err(|&e| io::Error::from_raw_os_error(e))
 }

@@ -1,15 +1,24 @@
 //! The prober: a background check, every second, of each replica.
 //!
+//! - Each replica has a *pulse*: a thread of its own that asks the replica's filesystem
+//!   for its free space and reads a little of the replica's state file every second
+//!   (also straight from the disk, on a local filesystem), and at once when the watchdog
+//!   asks because a call has been under way long. Its reads keep
+//!   the read latency measured (reads that avoid a slow replica notice when it is fast
+//!   again), show that a slow replica still answers, and make a replica that stops
+//!   answering known within the deadline even when nothing else reaches it. It also
+//!   refreshes the free space reported.
 //! - A replica whose root directory is no longer the directory mounted (its filesystem was
 //!   unmounted, or replaced) fails: whatever it holds now cannot be trusted. When a
 //!   directory that is this replica (or an empty one) is back at its path, the replica is
 //!   served from it again, after a full comparison.
 //! - A failed replica is tried with a small write, sync and removal in its metadata
 //!   directory (and, after ENOSPC, for free space); once that works it is re-admitted and
-//!   repair brings it what it missed. Attempts back off up to half a minute.
-//! - Free space is refreshed for status output, and the read latency of every working
-//!   replica is sampled with a small read, so that reads that avoid a slow replica notice
-//!   when it is fast again.
+//!   repair brings it what it missed. A replica that stopped answering is tried only once
+//!   every call left inside it has returned. Attempts back off up to half a minute.
+//!
+//! Every call on a replica goes through its workers (see [`crate::liveness`]): the prober
+//! never waits on a replica longer than the deadline.
 
 use std::ffi::OsStr;
 use std::io;
@@ -38,8 +47,21 @@ pub struct Backoff {
     next: Mutex<Vec<(Instant, Duration)>>,
 }
 
-/// Runs the prober until the process ends.
+/// Runs the prober and every replica's pulse until the process ends.
 pub fn spawn(fs: Arc<MirrorFs>) {
+    for index in 0..fs.replicas.len() {
+        let fs = fs.clone();
+        std::thread::Builder::new()
+            .name(format!("pulse-{index}"))
+            .spawn(move || {
+                let mut file = None;
+                loop {
+                    fs.pulse(&fs.replicas[index], &mut file);
+                    fs.replicas[index].live.wait_pulse(INTERVAL);
+                }
+            })
+            .expect("spawn a pulse thread");
+    }
     std::thread::Builder::new()
         .name("prober".into())
         .spawn(move || {
@@ -74,45 +96,108 @@ fn probe_io(root: &OwnedFd) -> io::Result<()> {
     written.and(removed)
 }
 
-/// A small read in the metadata directory: the replica's state file.
-fn probe_read(root: &OwnedFd) -> io::Result<()> {
+/// A block aligned for direct I/O.
+#[repr(C, align(4096))]
+struct Block([u8; 4096]);
+
+/// What a pulse reads: the replica's state file, kept open from one pulse to the next,
+/// with the root it was opened under: the way reads through the mount read it, for
+/// their latency, and on a local filesystem also straight from the disk, so that a disk
+/// that stops answering is not hidden by the page cache. (On a network or FUSE
+/// filesystem the statfs of each pulse reaches the server already, and direct reads are
+/// not always supported.)
+struct PulseFile {
+    root: Arc<OwnedFd>,
+    buffered: OwnedFd,
+    direct: Option<OwnedFd>,
+}
+
+fn open_pulse_file(root: &Arc<OwnedFd>, local: bool) -> io::Result<PulseFile> {
     let meta = state::open_meta(root.as_fd())?;
-    let fd = sys::open_regular(meta.as_fd(), OsStr::new(state::STATE_FILE), libc::O_RDONLY)?;
-    let mut buf = [0u8; 4096];
-    sys::pread_full(fd.as_fd(), &mut buf, 0).map(drop)
+    let name = OsStr::new(state::STATE_FILE);
+    let buffered = sys::open_regular(meta.as_fd(), name, libc::O_RDONLY)?;
+    let direct = match local {
+        true => sys::open_regular(meta.as_fd(), name, libc::O_RDONLY | libc::O_DIRECT).ok(),
+        false => None,
+    };
+    Ok(PulseFile {
+        root: root.clone(),
+        buffered,
+        direct,
+    })
+}
+
+fn read_pulse_file(fd: &OwnedFd) -> io::Result<()> {
+    let mut buf = Box::new(Block([0; 4096]));
+    sys::pread_full(fd.as_fd(), &mut buf.0, 0).map(drop)
 }
 
 impl MirrorFs {
+    /// One pulse of replica `r`, on its pulse thread: the free space (statfs, which a
+    /// network filesystem asks its server for) and a small read. None while the replica
+    /// is abandoned: the calls left in it say enough.
+    fn pulse(&self, r: &Replica, file: &mut Option<PulseFile>) {
+        if r.live.stuck() {
+            return;
+        }
+        let root = r.root();
+        let call = r.live.begin("pulse", None);
+        if let Ok(st) = sys::fstatfs(root.as_fd()) {
+            r.set_free_bytes(st.f_bavail.saturating_mul(st.f_frsize));
+        }
+        if !file.as_ref().is_some_and(|f| Arc::ptr_eq(&f.root, &root)) {
+            *file = open_pulse_file(&root, !r.defers_errors).ok();
+        }
+        let read = file.as_ref().map(|f| {
+            let started = Instant::now();
+            read_pulse_file(&f.buffered)?;
+            let took = started.elapsed();
+            if let Some(direct) = &f.direct {
+                read_pulse_file(direct)?;
+            }
+            Ok::<_, io::Error>(took)
+        });
+        drop(call);
+        // It returned: whatever it says, the replica's storage answered.
+        r.live.answered();
+        match read {
+            // Reads may avoid a replica that was slow: keep measuring it.
+            Some(Ok(took)) if r.failure().is_none() => r.read_latency.record(took),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => *file = None,
+        }
+    }
+
     /// One round of checks.
     pub fn probe(&self) {
         for r in &self.replicas {
-            if let Ok(st) = sys::fstatfs(r.root().as_fd()) {
-                r.set_free_bytes(st.f_bavail.saturating_mul(st.f_frsize));
-            }
-            if !self.root_in_place(r) {
+            // A replica that stopped answering is looked at again once every call left
+            // in it has returned.
+            if !r.live.revive() || !self.root_in_place(r) {
                 continue;
             }
-            if r.failure().is_some() {
-                if self.due(r) {
-                    self.try_readmit(r);
-                }
-            } else {
-                // Reads may avoid a replica that was slow: keep measuring it.
-                let started = Instant::now();
-                if probe_read(&r.root()).is_ok() {
-                    r.read_latency.record(started.elapsed());
-                }
+            if r.failure().is_some() && self.due(r) {
+                self.try_readmit(r);
             }
         }
     }
 
-    /// Whether `r`'s root is still the directory at its path; fails it when not.
+    /// Whether `r`'s root is still the directory at its path; fails it when not. A
+    /// replica that does not answer is not judged.
     fn root_in_place(&self, r: &Replica) -> bool {
-        let now = std::fs::symlink_metadata(&r.path);
-        let held = identity(&r.root());
-        use std::os::unix::fs::MetadataExt;
-        let same =
-            matches!((&now, &held), (Ok(m), Ok(h)) if m.is_dir() && (m.dev(), m.ino()) == *h);
+        let (path, held) = (r.path.clone(), r.root());
+        let checked = r.live.call("probe", move || {
+            use std::os::unix::fs::MetadataExt;
+            let now = std::fs::symlink_metadata(&path);
+            let dir = now.as_ref().is_ok_and(|m| m.is_dir());
+            let same =
+                matches!((&now, identity(&held)), (Ok(m), Ok(h)) if dir && (m.dev(), m.ino()) == h);
+            Ok((same, dir))
+        });
+        let (same, dir) = match checked {
+            Ok(c) => c,
+            Err(_) => return !r.live.stuck(),
+        };
         if same {
             return true;
         }
@@ -127,7 +212,7 @@ impl MirrorFs {
             );
             self.require_full(r);
         }
-        if now.is_ok_and(|m| m.is_dir()) && self.due(r) {
+        if dir && self.due(r) {
             self.reattach(r);
         }
         false
@@ -158,42 +243,51 @@ impl MirrorFs {
     /// The directory at `r`'s path is back: serve the replica from it if it is this
     /// replica or an empty directory (which becomes it), then compare it in full.
     fn reattach(&self, r: &Replica) {
-        let Ok(path) = std::ffi::CString::new(r.path.as_os_str().as_encoded_bytes()) else {
-            return;
-        };
-        let Ok(root) = sys::open_path(&path, libc::O_PATH | libc::O_DIRECTORY) else {
-            return;
-        };
-        if r.own_filesystem && !crate::replica::is_mount_point(&r.path) {
-            // Only the directory its filesystem was mounted on: not the replica.
-            return;
-        }
-        let recorded = self.set.state(r.index);
-        let usable = match ReplicaState::load(root.as_fd()) {
-            Ok(Some(s)) => s.set == recorded.set && s.replica == recorded.replica,
-            Ok(None) => state::is_empty(root.as_fd()).unwrap_or(false),
-            Err(_) => false,
-        };
-        if !usable {
-            warn!(
-                replica = %r.path.display(),
-                "the directory now at the replica's path is another one; not using it"
-            );
-            return;
-        }
-        let lock = match crate::mount::lock::lock_root(&root, &r.path) {
-            Ok(lock) => lock,
-            Err(e) => {
-                warn!(replica = %r.path.display(), error = %e, "cannot lock the returned replica");
+        let (path, own_filesystem) = (r.path.clone(), r.own_filesystem);
+        let mut recorded = self.set.state(r.index);
+        recorded.needs_full = true;
+        let found = r.live.call("probe", move || {
+            let Ok(cpath) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+                return Ok(Err("its path is not a C string".to_string()));
+            };
+            let root = sys::open_path(&cpath, libc::O_PATH | libc::O_DIRECTORY)?;
+            if own_filesystem && !crate::replica::is_mount_point(&path) {
+                // Only the directory its filesystem was mounted on: not the replica.
+                return Ok(Err(String::new()));
+            }
+            let usable = match ReplicaState::load(root.as_fd()) {
+                Ok(Some(s)) => s.set == recorded.set && s.replica == recorded.replica,
+                Ok(None) => state::is_empty(root.as_fd()).unwrap_or(false),
+                Err(_) => false,
+            };
+            if !usable {
+                return Ok(Err(
+                    "the directory now at the replica's path is another one; not using it"
+                        .to_string(),
+                ));
+            }
+            let lock = match crate::mount::lock::lock_root(&root, &path) {
+                Ok(lock) => lock,
+                Err(e) => return Ok(Err(format!("cannot lock the returned replica: {e}"))),
+            };
+            if let Err(e) = recorded.save(root.as_fd()) {
+                return Ok(Err(format!(
+                    "cannot record its state: {}",
+                    sys::describe(&e)
+                )));
+            }
+            Ok(Ok((root, lock)))
+        });
+        let (root, lock) = match found {
+            Ok(Ok(found)) => found,
+            Ok(Err(why)) => {
+                if !why.is_empty() {
+                    warn!(replica = %r.path.display(), "{why}");
+                }
                 return;
             }
+            Err(_) => return,
         };
-        let mut st = recorded;
-        st.needs_full = true;
-        if let Err(e) = st.save(root.as_fd()) {
-            warn!(replica = %r.path.display(), error = %sys::describe(&e), "cannot record its state");
-            return;
-        }
         r.replace_root(root, lock);
         for h in self.files.all() {
             h.drop_fd(r.index);
@@ -215,7 +309,8 @@ impl MirrorFs {
         {
             return;
         }
-        if let Err(e) = probe_io(&r.root()) {
+        let root = r.root();
+        if let Err(e) = r.live.call("probe", move || probe_io(&root)) {
             tracing::debug!(replica = %r.path.display(), error = %sys::describe(&e), "still failing");
             return;
         }

@@ -10,7 +10,7 @@
 
 use std::io;
 use std::os::fd::AsFd;
-use std::sync::MutexGuard;
+use std::sync::{Arc, MutexGuard};
 
 use fuser::FileType;
 use tracing::{error, info, warn};
@@ -284,24 +284,29 @@ impl MirrorFs {
     }
 
     /// Writes records to every open journal, and with `durably` flushes them to disk
-    /// before returning.
+    /// before returning. Each replica writes (and flushes) on its own workers, all at the
+    /// same time; one that does not answer is failed like one whose journal fails.
     pub(crate) fn append_records(&self, j: &mut Journal, records: Vec<Record>, durably: bool) {
         let mut pending = records;
         while !pending.is_empty() {
-            let bytes = journal::encode(&pending);
+            let bytes: Arc<[u8]> = Arc::from(journal::encode(&pending));
+            let writes: Vec<_> = self
+                .members(j.writers)
+                .map(|r| {
+                    let (root, bytes) = (r.root(), bytes.clone());
+                    let write = r.live.start("journal", move || {
+                        let file = journal::append(root.as_fd(), &bytes)?;
+                        if durably {
+                            file.sync_data()?;
+                        }
+                        Ok(())
+                    });
+                    (r, write)
+                })
+                .collect();
             let mut broken = 0;
-            let mut written = Vec::new();
-            for r in self.members(j.writers) {
-                match journal::append(r.root().as_fd(), &bytes) {
-                    Ok(file) => written.push((r, file)),
-                    Err(e) => {
-                        broken |= 1 << r.index;
-                        self.journal_failed(r, &e);
-                    }
-                }
-            }
-            if durably {
-                for (r, e) in flush_all(&written) {
+            for (r, write) in writes {
+                if let Err(e) = write.wait() {
                     broken |= 1 << r.index;
                     self.journal_failed(r, &e);
                 }
@@ -520,9 +525,20 @@ impl MirrorFs {
         let records = self.journal_snapshot(j);
         let size = journal::encode(&records).len() as u64;
         let targets = (self.set.current() & self.set.active()) | extra;
+        let records = Arc::new(records);
+        let writes: Vec<_> = self
+            .members(targets)
+            .map(|r| {
+                let (root, records) = (r.root(), records.clone());
+                let write = r
+                    .live
+                    .start("journal", move || journal::rewrite(root.as_fd(), &records));
+                (r, write)
+            })
+            .collect();
         let mut broken = 0;
-        for r in self.members(targets) {
-            match journal::rewrite(r.root().as_fd(), &records) {
+        for (r, write) in writes {
+            match write.wait() {
                 Ok(()) => j.writers |= 1 << r.index,
                 Err(e) => {
                     j.writers &= !(1 << r.index);
@@ -540,9 +556,19 @@ impl MirrorFs {
     /// replicas, whose journal is then complete.
     pub(crate) fn sync_journals(&self) -> ReplicaSet {
         let mut j = self.journal();
+        let syncs: Vec<_> = self
+            .members(j.writers)
+            .map(|r| {
+                let root = r.root();
+                (
+                    r,
+                    r.live.start("journal", move || journal::sync(root.as_fd())),
+                )
+            })
+            .collect();
         let mut broken = 0;
-        for r in self.members(j.writers) {
-            if let Err(e) = journal::sync(r.root().as_fd()) {
+        for (r, sync) in syncs {
+            if let Err(e) = sync.wait() {
                 broken |= 1 << r.index;
                 self.journal_failed(r, &e);
             }
@@ -768,16 +794,6 @@ fn clock_offset(r: &Replica) -> io::Result<i64> {
     let now = crate::fs::intent::now() as i64;
     sys::utimensat(root.as_fd(), meta, sys::Time::Omit, sys::Time::At(mtime))?;
     Ok(sys::statat(root.as_fd(), meta)?.st_ctime - now)
-}
-
-/// Flushes journals to disk, each replica's at the same time as the others' (a flush
-/// waits for the disk; done one after the other, they would add up). Returns the
-/// failures.
-fn flush_all<'a>(written: &[(&'a Replica, std::fs::File)]) -> Vec<(&'a Replica, io::Error)> {
-    crate::fs::fanout::at_once(written, |(r, file)| file.sync_data().err().map(|e| (*r, e)))
-        .into_iter()
-        .flatten()
-        .collect()
 }
 
 /// A multi-link node's data marks, before a change that may take its last known name.

@@ -59,6 +59,11 @@ impl MirrorFs {
                         reason: f.reason,
                     }),
                     needs_full: full & bit != 0,
+                    stuck_calls: if r.live.stuck() {
+                        r.live.in_flight()
+                    } else {
+                        0
+                    },
                     generation: self.set.generation(r.index),
                     out_of_sync_count: count,
                     out_of_sync: out,

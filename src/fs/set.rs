@@ -38,6 +38,13 @@ pub struct MirrorSet {
     primary: AtomicUsize,
 }
 
+/// Records `st` on replica `r`, on one of its workers: a replica that does not answer
+/// fails the save instead of holding the set.
+fn save(r: &Replica, st: &ReplicaState) -> std::io::Result<()> {
+    let (root, st) = (r.root(), st.clone());
+    r.live.call("state", move || st.save(root.as_fd()))
+}
+
 fn set_of(roles: &[Role], want: impl Fn(Role) -> bool) -> ReplicaSet {
     roles
         .iter()
@@ -133,7 +140,7 @@ impl MirrorSet {
             let mut st = head.clone();
             st.replica = states[r.index].replica.clone();
             st.lags = states[r.index].lags;
-            match st.save(r.root().as_fd()) {
+            match save(r, &st) {
                 Ok(()) => states[r.index] = st,
                 Err(e) => warn!(
                     replica = %r.path.display(),
@@ -176,7 +183,7 @@ impl MirrorSet {
                 // A replica not working now records it when it catches up.
                 states[r.index].lags = lags;
                 if self.active() & (1 << r.index) != 0
-                    && let Err(e) = states[r.index].save(r.root().as_fd())
+                    && let Err(e) = save(r, &states[r.index])
                 {
                     warn!(
                         replica = %r.path.display(),
@@ -230,7 +237,7 @@ impl MirrorSet {
                 let mut st = states[index].clone();
                 st.catch_up(&head);
                 st.clean = false;
-                match st.save(replica.root().as_fd()) {
+                match save(replica, &st) {
                     Ok(()) => states[index] = st,
                     Err(e) => {
                         warn!(
@@ -273,7 +280,7 @@ impl MirrorSet {
             if *st == before {
                 continue;
             }
-            if let Err(e) = st.save(r.root().as_fd()) {
+            if let Err(e) = save(r, st) {
                 warn!(
                     replica = %r.path.display(),
                     error = %crate::sys::describe(&e),

@@ -8,7 +8,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 
-use crate::fs::fanout;
+use crate::fs::engine::How;
 use crate::fs::inode::Ino;
 use crate::fs::mirror::{MirrorFs, Scope};
 use crate::sys;
@@ -34,25 +34,42 @@ fn reply_for(value: Vec<u8>, size: u32) -> io::Result<XattrReply> {
 }
 
 impl MirrorFs {
-    pub fn getxattr(&self, ino: Ino, name: &OsStr, size: u32) -> io::Result<XattrReply> {
-        let value = self.read_any("getxattr", self.fresh(ino), Scope::Meta(ino), |r| {
-            let fd = self.object_fd(r, ino)?;
-            let mut buf = vec![0u8; XATTR_MAX];
-            let n = sys::xattr::get(fd.as_fd(), name, &mut buf)?;
-            buf.truncate(n);
-            Ok(buf)
-        })?;
+    pub async fn getxattr(&self, ino: Ino, name: &OsStr, size: u32) -> io::Result<XattrReply> {
+        let _names = self.names_of(&[ino]);
+        let name = name.to_os_string();
+        let value = self
+            .read_any(
+                "getxattr",
+                self.fresh(ino),
+                Scope::Meta(ino),
+                move |fs, r| {
+                    let fd = fs.object_fd(r, ino)?;
+                    let mut buf = vec![0u8; XATTR_MAX];
+                    let n = sys::xattr::get(fd.as_fd(), &name, &mut buf)?;
+                    buf.truncate(n);
+                    Ok(buf)
+                },
+            )
+            .await?;
         reply_for(value, size)
     }
 
-    pub fn listxattr(&self, ino: Ino, size: u32, caller_uid: u32) -> io::Result<XattrReply> {
-        let list = self.read_any("listxattr", self.fresh(ino), Scope::Meta(ino), |r| {
-            let fd = self.object_fd(r, ino)?;
-            let mut buf = vec![0u8; XATTR_MAX];
-            let n = sys::xattr::list(fd.as_fd(), &mut buf)?;
-            buf.truncate(n);
-            Ok(buf)
-        })?;
+    pub async fn listxattr(&self, ino: Ino, size: u32, caller_uid: u32) -> io::Result<XattrReply> {
+        let _names = self.names_of(&[ino]);
+        let list = self
+            .read_any(
+                "listxattr",
+                self.fresh(ino),
+                Scope::Meta(ino),
+                move |fs, r| {
+                    let fd = fs.object_fd(r, ino)?;
+                    let mut buf = vec![0u8; XATTR_MAX];
+                    let n = sys::xattr::list(fd.as_fd(), &mut buf)?;
+                    buf.truncate(n);
+                    Ok(buf)
+                },
+            )
+            .await?;
         let visible: Vec<u8> = list
             .split_inclusive(|&b| b == 0)
             .filter(|name| caller_uid == 0 || !name.starts_with(b"trusted."))
@@ -62,28 +79,43 @@ impl MirrorFs {
         reply_for(visible, size)
     }
 
-    pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
-        self.change_xattrs("setxattr", ino, |obj| {
-            sys::xattr::set(obj, name, value, flags)
+    pub async fn setxattr(
+        &self,
+        ino: Ino,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> io::Result<()> {
+        let (name, value) = (name.to_os_string(), value.to_vec());
+        self.change_xattrs("setxattr", ino, move |obj| {
+            sys::xattr::set(obj, &name, &value, flags)
         })
+        .await
     }
 
-    pub fn removexattr(&self, ino: Ino, name: &OsStr) -> io::Result<()> {
-        self.change_xattrs("removexattr", ino, |obj| sys::xattr::remove(obj, name))
+    pub async fn removexattr(&self, ino: Ino, name: &OsStr) -> io::Result<()> {
+        let name = name.to_os_string();
+        self.change_xattrs("removexattr", ino, move |obj| {
+            sys::xattr::remove(obj, &name)
+        })
+        .await
     }
 
     /// Applies `change` to `ino`'s xattrs on every replica current for it.
-    fn change_xattrs(
+    async fn change_xattrs(
         &self,
         op: &'static str,
         ino: Ino,
-        change: impl Fn(BorrowedFd<'_>) -> io::Result<()>,
+        change: impl Fn(BorrowedFd<'_>) -> io::Result<()> + Send + Sync + 'static,
     ) -> io::Result<()> {
         let _order = self.order_drained(&[ino]);
+        let _names = self.names_of(&[ino]);
         let _flight = self.intend(&[Scope::Meta(ino)])?;
-        let fanned = fanout::apply(&self.replicas, self.fresh(ino), |r| {
-            change(self.object_fd(r, ino)?.as_fd())
-        });
+        let fanned = self
+            .apply(op, self.fresh(ino), How::InTurn, move |fs, r| {
+                change(fs.object_fd(r, ino)?.as_fd())
+            })
+            .await;
         self.settle(
             op,
             fanned.verdict.is_ok(),

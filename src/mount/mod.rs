@@ -53,6 +53,21 @@ fn fsname(plan: &MountPlan, opts: &MountOptions) -> String {
     })
 }
 
+/// How many request threads may be inside one replica's calls at once: half of those
+/// asked for. A replica that stops answering keeps the threads inside it, so with one
+/// replica of a pair hung the other half keeps serving; a mirror of more replicas gets
+/// that many more threads per replica beyond two, so that all but one may hang. (Idle
+/// threads are not free: the kernel hands each request to the thread idle longest, and
+/// waking a thread that has gone cold costs more than the request on a VM.)
+fn inline_limit(threads: usize) -> usize {
+    (threads / 2).max(1)
+}
+
+/// The threads the FUSE session runs for `threads` asked for over `replicas` replicas.
+fn session_threads(threads: usize, replicas: usize) -> usize {
+    threads + inline_limit(threads) * replicas.saturating_sub(2)
+}
+
 /// The fuser session configuration.
 fn fuse_config(opts: &MountOptions, threads: usize) -> Config {
     let mut config = Config::default();
@@ -73,6 +88,16 @@ const DEFAULT_TTL: f64 = 86_400.0;
 
 /// The longest cache TTL accepted: a day.
 const MAX_TTL: f64 = 86_400.0;
+
+/// How long a replica may have a call under way without completing any, unless told
+/// otherwise: see the README's "Replicas that stop answering". Pulses (a small read every
+/// second, at once when a call is slow) show a slow replica still answers, so the
+/// deadline can be short: a replica failed by mistake costs a repair of what it missed,
+/// a stalled mount costs every application.
+const DEFAULT_REPLICA_TIMEOUT: f64 = 3.0;
+
+/// The replica timeouts accepted, in seconds.
+const REPLICA_TIMEOUTS: std::ops::RangeInclusive<f64> = 0.1..=600.0;
 
 /// The settle intervals accepted: the longest leaves ten minutes of changes for repair to
 /// look at after a crash.
@@ -103,6 +128,15 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
     if !SETTLE_INTERVALS.contains(&settle_interval) {
         return Err(cli_error!(
             "settle_interval must be a number of seconds from 1 to 600"
+        ));
+    }
+    let replica_timeout = args
+        .replica_timeout
+        .or(opts.replica_timeout)
+        .unwrap_or(DEFAULT_REPLICA_TIMEOUT);
+    if !REPLICA_TIMEOUTS.contains(&replica_timeout) {
+        return Err(cli_error!(
+            "replica_timeout must be a number of seconds from 0.1 to 600"
         ));
     }
     let repair_rate = match args.repair_rate.as_deref().or(opts.repair_rate.as_deref()) {
@@ -144,8 +178,10 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
         mode,
         ttl: Duration::from_secs_f64(ttl),
         settle_interval,
+        replica_timeout: Duration::from_secs_f64(replica_timeout),
+        inline_limit: inline_limit(threads),
     };
-    let config = fuse_config(&opts, threads);
+    let config = fuse_config(&opts, session_threads(threads, plan.replicas.len()));
     let log = if args.foreground {
         None
     } else {
@@ -349,6 +385,7 @@ struct Mounted {
     session: fuser::Session<FuseMirror>,
     mount_point: PathBuf,
     control: control::Socket,
+    fs: Arc<MirrorFs>,
 }
 
 /// Mounts the mirror: opens the replicas, mounts (the kernel handshake is done when this
@@ -389,7 +426,7 @@ fn start(
     }
     let queued = fs_options.mode.queues();
     let set = MirrorSet::new(assembly, opts.read_only(), queued);
-    let fs = Arc::new(MirrorFs::new(replicas, fs_options, set));
+    let fs = Arc::new_cyclic(|me| MirrorFs::new(replicas, fs_options, set, me.clone()));
     fs.resume(&assembly.missed);
     let dev = kernel::mount(&mount_point, &name, opts).map_err(|e| {
         let hint = if e.raw_os_error() == Some(libc::EPERM) {
@@ -434,6 +471,7 @@ fn start(
         detach(&mount_point);
         cli_error!("cannot open the control socket: {}", sys::describe(&e))
     })?;
+    crate::fs::engine::watch(&fs);
     crate::fs::probe::spawn(fs.clone());
     crate::fs::repair::spawn(fs.clone());
     crate::fs::intent::spawn(fs.clone());
@@ -444,6 +482,7 @@ fn start(
         session,
         mount_point,
         control,
+        fs,
     })
 }
 
@@ -454,9 +493,26 @@ impl Mounted {
         // ACL); the daemon's own umask must not change them.
         // SAFETY: umask cannot fail.
         unsafe { libc::umask(0) };
-        let result = self.session.run();
-        runtime::remove(&self.mount_point);
-        self.control.remove();
+        let Mounted {
+            session,
+            mount_point,
+            control,
+            fs,
+        } = self;
+        let device = crate::mountinfo::mounted_at(&mount_point)
+            .ok()
+            .flatten()
+            .map(|m| m.device);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::Builder::new()
+            .name("session".into())
+            .spawn(move || {
+                let _ = tx.send(session.run());
+            })
+            .map_err(|e| cli_error!("cannot start serving: {e}"))?;
+        let result = wait_for_session(&rx, &fs, device.as_deref());
+        runtime::remove(&mount_point);
+        control.remove();
         match result {
             Ok(()) => {
                 info!("unmounted; replicas synced");
@@ -467,5 +523,44 @@ impl Mounted {
                 Err(cli_error!("session ended: {}", sys::describe(&e)))
             }
         }
+    }
+}
+
+/// Waits for the FUSE session to end. It ends once every thread serving it has returned,
+/// and a thread held inside a replica that stopped answering may never return: once the
+/// mount (FUSE connection `device`) is gone and such a replica holds threads, the mirror
+/// is shut down without them.
+fn wait_for_session(
+    session: &crossbeam_channel::Receiver<std::io::Result<()>>,
+    fs: &MirrorFs,
+    device: Option<&str>,
+) -> std::io::Result<()> {
+    use crossbeam_channel::RecvTimeoutError;
+    let mounted = || {
+        crate::mountinfo::mounts()
+            .map(|all| all.iter().any(|m| Some(m.device.as_str()) == device))
+            .unwrap_or(true)
+    };
+    loop {
+        match session.recv_timeout(Duration::from_secs(1)) {
+            Ok(result) => return result,
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(std::io::Error::other("the session thread ended"));
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        if device.is_none() || fs.abandoned() == 0 || mounted() {
+            continue;
+        }
+        // The threads that were not held end within moments of the unmount.
+        if let Ok(result) = session.recv_timeout(Duration::from_secs(2)) {
+            return result;
+        }
+        warn!(
+            "unmounted while a replica does not answer: shutting down without the threads \
+             it holds"
+        );
+        fs.shut_down();
+        return Ok(());
     }
 }

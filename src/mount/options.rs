@@ -17,6 +17,7 @@ pub struct MountOptions {
     pub cache_ttl: Option<f64>,
     pub repair_rate: Option<String>,
     pub settle_interval: Option<u64>,
+    pub replica_timeout: Option<f64>,
 }
 
 impl Default for MountOptions {
@@ -30,6 +31,7 @@ impl Default for MountOptions {
             cache_ttl: None,
             repair_rate: None,
             settle_interval: None,
+            replica_timeout: None,
         }
     }
 }
@@ -130,6 +132,7 @@ pub fn parse(groups: &[String]) -> Result<MountOptions, CliError> {
             ("cache_ttl", Some(v)) => o.cache_ttl = Some(number(key, v)?),
             ("repair_rate", Some(v)) => o.repair_rate = Some(v.to_string()),
             ("settle_interval", Some(v)) => o.settle_interval = Some(number(key, v)?),
+            ("replica_timeout", Some(v)) => o.replica_timeout = Some(number(key, v)?),
             ("defaults" | "auto" | "noauto" | "user" | "nouser" | "users" | "_netdev", None)
             | ("nofail" | "relatime" | "norelatime" | "strictatime" | "lazytime", None) => {}
             (k, _) if k.starts_with("x-") || k.starts_with("comment=") => {}

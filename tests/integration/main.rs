@@ -11,6 +11,7 @@ mod divergence;
 mod errnos;
 mod faults;
 mod files;
+mod hangs;
 mod journal;
 mod lifecycle;
 mod membership;

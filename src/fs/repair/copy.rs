@@ -2,7 +2,8 @@
 //! holds at a name, attribute copies, leaf objects made under a temporary name in the
 //! replica's metadata directory and installed with one rename (so an interrupted repair
 //! leaves nothing half-made in view), the trash where entries a replica must lose go, and
-//! chunked content copies and comparisons.
+//! the two sides of chunked content copies and comparisons. Each function works on one
+//! replica: repair runs it on that replica's workers.
 
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -173,44 +174,25 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     sys::unlinkat(dir, name, true)
 }
 
-/// A failure in a copy, on the side it happened.
-#[derive(Debug)]
-pub enum CopyError {
-    Source(io::Error),
-    Target(io::Error),
-}
-
-/// Copies `len` bytes at `off` from `src` to `dst`, returning the count copied (less at
-/// the end of the source).
-pub fn copy_bytes(
-    src: BorrowedFd<'_>,
-    dst: BorrowedFd<'_>,
-    off: u64,
-    len: u64,
-) -> Result<u64, CopyError> {
+/// Reads up to `len` bytes at `off` (fewer at the end of the file): one side of a copy,
+/// made on the source's workers while the other side is written on the target's.
+pub fn read_chunk(src: BorrowedFd<'_>, off: u64, len: u64) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len as usize];
-    let n = sys::pread_full(src, &mut buf, off).map_err(CopyError::Source)?;
-    sys::pwrite_all(dst, &buf[..n], off).map_err(|(_, e)| CopyError::Target(e))?;
-    Ok(n as u64)
+    let n = sys::pread_full(src, &mut buf, off)?;
+    buf.truncate(n);
+    Ok(buf)
 }
 
-/// Compares `len` bytes at `off` and rewrites them on `dst` where they differ; returns
-/// (bytes read from the source, bytes written).
-pub fn sync_bytes(
-    src: BorrowedFd<'_>,
-    dst: BorrowedFd<'_>,
-    off: u64,
-    len: u64,
-) -> Result<(u64, u64), CopyError> {
-    let mut want = vec![0u8; len as usize];
-    let n = sys::pread_full(src, &mut want, off).map_err(CopyError::Source)?;
-    let mut have = vec![0u8; n];
-    let m = sys::pread_full(dst, &mut have, off).map_err(CopyError::Target)?;
-    if m == n && have[..] == want[..n] {
-        return Ok((n as u64, 0));
+/// Makes the bytes at `off` of `dst` `want` where they differ; returns how many were
+/// written (0 when they were the same).
+pub fn write_if_different(dst: BorrowedFd<'_>, want: &[u8], off: u64) -> io::Result<u64> {
+    let mut have = vec![0u8; want.len()];
+    let m = sys::pread_full(dst, &mut have, off)?;
+    if m == want.len() && have[..] == *want {
+        return Ok(0);
     }
-    sys::pwrite_all(dst, &want[..n], off).map_err(|(_, e)| CopyError::Target(e))?;
-    Ok((n as u64, n as u64))
+    sys::pwrite_all(dst, want, off).map_err(|(_, e)| e)?;
+    Ok(want.len() as u64)
 }
 
 /// Lists a directory (open for reading) sorted by name, without `.mirrorfs` when

@@ -13,6 +13,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use fuser::FileType;
 use tracing::{info, warn};
@@ -49,12 +50,15 @@ fn open_dir(root: &OwnedFd, rel: &Path) -> io::Result<OwnedFd> {
     }
 }
 
-/// One walk: the two roots and the hard links seen so far (source inode to the path of
-/// its first name).
+/// One walk: the two replicas, their roots as the walk began, and the hard links seen
+/// so far (source inode to the path of its first name). Each step runs on one replica's
+/// workers.
 struct Walk<'a> {
     fs: &'a MirrorFs,
-    s_root: std::sync::Arc<OwnedFd>,
-    t_root: std::sync::Arc<OwnedFd>,
+    s: &'a Replica,
+    t: &'a Replica,
+    s_root: Arc<OwnedFd>,
+    t_root: Arc<OwnedFd>,
     links: HashMap<(u64, u64), PathBuf>,
 }
 
@@ -69,10 +73,15 @@ impl MirrorFs {
         // What was marked so far is covered by the walk.
         let gone = self.table().clear_replica(t.index);
         self.dropped(&gone);
-        let (files, bytes) = tree_size(&s.root());
+        let root = s.root();
+        let (files, bytes) = self
+            .on(s, "repair", move |_, _| Ok(tree_size(&root)))
+            .unwrap_or((0, 0));
         self.repair.expect(t.index, files, bytes);
         let mut walk = Walk {
             fs: self,
+            s,
+            t,
             s_root: s.root(),
             t_root: t.root(),
             links: HashMap::new(),
@@ -104,15 +113,30 @@ impl MirrorFs {
     pub(super) fn pending_work(&self) -> Vec<(u64, u64)> {
         let marks = self.table().marks();
         let source = self.members(self.sources()).next();
-        let size = |ino| {
-            source
-                .and_then(|s| self.stat_on(s, ino).ok())
-                .filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
-                .map_or(0, |st| st.st_size as u64)
-        };
+        let data: Vec<Ino> = marks
+            .iter()
+            .filter(|(_, d, _)| *d != 0)
+            .map(|(ino, _, _)| *ino)
+            .collect();
+        // One call on the source for every size (an estimate: names may move meanwhile).
+        let sized: HashMap<Ino, u64> = source
+            .and_then(|s| {
+                self.on(s, "repair", move |fs, s| {
+                    Ok(data
+                        .into_iter()
+                        .filter_map(|ino| {
+                            let st = fs.stat_on(s, ino).ok()?;
+                            (st.st_mode & libc::S_IFMT == libc::S_IFREG)
+                                .then_some((ino, st.st_size as u64))
+                        })
+                        .collect())
+                })
+                .ok()
+            })
+            .unwrap_or_default();
         let sizes: Vec<u64> = marks
             .iter()
-            .map(|(ino, d, _)| if *d != 0 { size(*ino) } else { 0 })
+            .map(|(ino, _, _)| sized.get(ino).copied().unwrap_or(0))
             .collect();
         // Bytes a data mark of `index` on `ino` copies: the file, or its marked chunks.
         let bytes = |ino: Ino, index: usize, size: u64| match self.table().stale_chunks(ino, index)
@@ -166,36 +190,68 @@ fn tree_size(root: &OwnedFd) -> (u64, u64) {
     (files, bytes)
 }
 
+type Dir = Arc<OwnedFd>;
+
 impl Walk<'_> {
+    /// Runs `f` on the source's workers with its root.
+    fn on_s<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&OwnedFd) -> io::Result<T> + Send + 'static,
+    ) -> Step<T> {
+        let root = self.s_root.clone();
+        src(self.fs.on(self.s, "repair", move |_, _| f(&root)))
+    }
+
+    /// Runs `f` on the target's workers with its root.
+    fn on_t<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&OwnedFd) -> io::Result<T> + Send + 'static,
+    ) -> Step<T> {
+        let root = self.t_root.clone();
+        tgt(self.fs.on(self.t, "repair", move |_, _| f(&root)))
+    }
+
     fn run(&mut self) -> Step<()> {
         let mut stack = vec![PathBuf::new()];
         while let Some(rel) = stack.pop() {
-            let sd = match open_dir(&self.s_root, &rel) {
-                Ok(fd) => fd,
-                // Removed meanwhile: that removal is marked for the target.
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-                Err(e) => return Err(Failed::Source(e)),
-            };
-            let td = tgt(open_dir(&self.t_root, &rel))?;
-            let want = src(Snapshot::of(&Object::Fd(sd.as_fd())))?;
-            let have = tgt(Snapshot::of(&Object::Fd(td.as_fd())))?;
-            if !want.same_as(&have) {
-                tgt(want.apply_to(&Object::Fd(td.as_fd())))?;
-            }
             let is_root = rel.as_os_str().is_empty();
-            let want = src(copy::list(&sd, is_root))?;
-            let have = tgt(copy::list(&td, is_root))?;
-            for e in &have {
-                if !copy::holds(&want, e) {
-                    tgt(copy::discard(self.t_root.as_fd(), td.as_fd(), &e.name))?;
+            let at = rel.clone();
+            let source = self.on_s(move |root| {
+                let sd = match open_dir(root, &at) {
+                    Ok(fd) => fd,
+                    // Removed meanwhile: that removal is marked for the target.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                let snap = Snapshot::of(&Object::Fd(sd.as_fd()))?;
+                let want = copy::list(&sd, is_root)?;
+                Ok(Some((Arc::new(sd), snap, want)))
+            })?;
+            let Some((sd, want_snap, want)) = source else {
+                continue;
+            };
+            let (at, wanted) = (rel.clone(), want.clone());
+            let (td, have) = self.on_t(move |root| {
+                let td = open_dir(root, &at)?;
+                let have_snap = Snapshot::of(&Object::Fd(td.as_fd()))?;
+                if !want_snap.same_as(&have_snap) {
+                    want_snap.apply_to(&Object::Fd(td.as_fd()))?;
                 }
-            }
+                let have = copy::list(&td, is_root)?;
+                for e in &have {
+                    if !copy::holds(&wanted, e) {
+                        copy::discard(root.as_fd(), td.as_fd(), &e.name)?;
+                    }
+                }
+                Ok((Arc::new(td), have))
+            })?;
             for e in &want {
                 let (name, present) = (&e.name, copy::holds(&have, e));
                 let step = match e.kind {
                     FileType::Directory => {
                         if !present {
-                            tgt(sys::mkdirat(td.as_fd(), name, 0o700))?;
+                            let (td, name) = (td.clone(), name.clone());
+                            self.on_t(move |_| sys::mkdirat(td.as_fd(), &name, 0o700))?;
                         }
                         stack.push(rel.join(name));
                         Ok(())
@@ -213,102 +269,121 @@ impl Walk<'_> {
         Ok(())
     }
 
+    /// What the source holds at `sd/name`.
+    fn source_snapshot(&self, sd: &Dir, name: &OsStr) -> Step<Snapshot> {
+        let (sd, name) = (sd.clone(), name.to_os_string());
+        self.on_s(move |_| Snapshot::of(&Object::At(sd.as_fd(), &name)))
+    }
+
     /// Brings one regular file in line: a hard link of one seen before becomes a link
     /// of its copy; a file the target has is compared chunk by chunk; one it lacks is
     /// copied under a temporary name and installed.
-    fn file(
-        &mut self,
-        sd: &OwnedFd,
-        td: &OwnedFd,
-        name: &OsStr,
-        rel: &Path,
-        present: bool,
-    ) -> Step<()> {
-        let want = src(Snapshot::of(&Object::At(sd.as_fd(), name)))?;
+    fn file(&mut self, sd: &Dir, td: &Dir, name: &OsStr, rel: &Path, present: bool) -> Step<()> {
+        let want = self.source_snapshot(sd, name)?;
         if want.st.st_nlink > 1 {
             let key = (want.st.st_dev, want.st.st_ino);
             if let Some(first) = self.links.get(&key).cloned() {
-                return self.link_to(&first, td, name);
+                return self.link_to(first, td, name);
             }
             self.links.insert(key, rel.to_path_buf());
         }
-        let from = src(sys::open_regular(sd.as_fd(), name, libc::O_RDONLY))?;
+        let (d, n) = (sd.clone(), name.to_os_string());
+        let from = Arc::new(self.on_s(move |_| sys::open_regular(d.as_fd(), &n, libc::O_RDONLY))?);
+        let size = want.st.st_size as u64;
         if present {
-            let to = tgt(sys::open_regular(td.as_fd(), name, libc::O_RDWR))?;
-            self.compare_contents(&from, &to, want.st.st_size as u64)?;
-            let have = tgt(Snapshot::of(&Object::At(td.as_fd(), name)))?;
-            if !want.same_as(&have) {
-                tgt(want.apply_to(&Object::Fd(to.as_fd())))?;
-            }
+            let (d, n) = (td.clone(), name.to_os_string());
+            let to = Arc::new(self.on_t(move |_| sys::open_regular(d.as_fd(), &n, libc::O_RDWR))?);
+            self.compare_contents(&from, &to, size)?;
+            let (d, n) = (td.clone(), name.to_os_string());
+            self.on_t(move |_| {
+                let have = Snapshot::of(&Object::At(d.as_fd(), &n))?;
+                if !want.same_as(&have) {
+                    want.apply_to(&Object::Fd(to.as_fd()))?;
+                }
+                Ok(())
+            })?;
         } else {
-            let (tmp, tmp_name, to) = tgt(copy::temp_file(self.t_root.as_fd()))?;
-            self.compare_contents(&from, &to, want.st.st_size as u64)?;
-            tgt(want.apply_to(&Object::Fd(to.as_fd())))?;
-            tgt(copy::install(tmp.as_fd(), &tmp_name, td.as_fd(), name))?;
+            let (tmp, tmp_name, to) = self.on_t(|root| copy::temp_file(root.as_fd()))?;
+            let to = Arc::new(to);
+            self.compare_contents(&from, &to, size)?;
+            let (d, n) = (td.clone(), name.to_os_string());
+            self.on_t(move |_| {
+                want.apply_to(&Object::Fd(to.as_fd()))?;
+                copy::install(tmp.as_fd(), &tmp_name, d.as_fd(), &n)
+            })?;
         }
         self.fs.repair.did(0, 0, 1);
         Ok(())
     }
 
     /// Makes `td/name` on the target a hard link of the target's copy at `first`.
-    fn link_to(&self, first: &Path, td: &OwnedFd, name: &OsStr) -> Step<()> {
-        let parent = first.parent().unwrap_or(Path::new(""));
-        let first_dir = tgt(open_dir(&self.t_root, parent))?;
-        let first_name = first.file_name().unwrap_or_default();
-        let target = tgt(sys::statat(first_dir.as_fd(), first_name))?;
-        let same = sys::statat(td.as_fd(), name)
-            .is_ok_and(|st| (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino));
-        if same {
-            return Ok(());
-        }
-        let (tmp, tmp_name) = tgt(copy::temp(self.t_root.as_fd()))?;
-        tgt(sys::linkat(
-            first_dir.as_fd(),
-            first_name,
-            tmp.as_fd(),
-            &tmp_name,
-        ))?;
-        tgt(copy::install(tmp.as_fd(), &tmp_name, td.as_fd(), name))
+    fn link_to(&self, first: PathBuf, td: &Dir, name: &OsStr) -> Step<()> {
+        let (td, name) = (td.clone(), name.to_os_string());
+        self.on_t(move |root| {
+            let parent = first.parent().unwrap_or(Path::new(""));
+            let first_dir = open_dir(root, parent)?;
+            let first_name = first.file_name().unwrap_or_default();
+            let target = sys::statat(first_dir.as_fd(), first_name)?;
+            let same = sys::statat(td.as_fd(), &name)
+                .is_ok_and(|st| (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino));
+            if same {
+                return Ok(());
+            }
+            let (tmp, tmp_name) = copy::temp(root.as_fd())?;
+            sys::linkat(first_dir.as_fd(), first_name, tmp.as_fd(), &tmp_name)?;
+            copy::install(tmp.as_fd(), &tmp_name, td.as_fd(), &name)
+        })
     }
 
     /// Compares `size` bytes chunk by chunk, rewriting the chunks that differ, then sets
     /// the target's size.
-    fn compare_contents(&self, from: &OwnedFd, to: &OwnedFd, size: u64) -> Step<()> {
+    fn compare_contents(&self, from: &Dir, to: &Dir, size: u64) -> Step<()> {
         let mut off = 0;
         while off < size {
-            let (read, written) =
-                copy::sync_bytes(from.as_fd(), to.as_fd(), off, CHUNK.min(size - off))?;
+            let f = from.clone();
+            let want =
+                self.on_s(move |_| copy::read_chunk(f.as_fd(), off, CHUNK.min(size - off)))?;
+            let read = want.len() as u64;
             if read == 0 {
                 break;
             }
+            let t = to.clone();
+            let written = self.on_t(move |_| copy::write_if_different(t.as_fd(), &want, off))?;
             self.fs.repair.did(read, written, 0);
             off += read;
         }
-        tgt(sys::ftruncate(to.as_fd(), size))
+        let t = to.clone();
+        self.on_t(move |_| sys::ftruncate(t.as_fd(), size))
     }
 
     /// Brings a symlink or special file in line.
-    fn leaf(&self, sd: &OwnedFd, td: &OwnedFd, name: &OsStr, present: bool) -> Step<()> {
-        let want = src(Snapshot::of(&Object::At(sd.as_fd(), name)))?;
-        let have = if present {
-            Some(tgt(Snapshot::of(&Object::At(td.as_fd(), name)))?)
-        } else {
-            None
-        };
-        let same_object = have
-            .as_ref()
-            .is_some_and(|h| h.target == want.target && h.st.st_rdev == want.st.st_rdev);
-        if same_object {
-            if !have.as_ref().is_some_and(|h| want.same_as(h)) {
-                tgt(want.apply_to(&Object::At(td.as_fd(), name)))?;
+    fn leaf(&self, sd: &Dir, td: &Dir, name: &OsStr, present: bool) -> Step<()> {
+        let want = self.source_snapshot(sd, name)?;
+        let (td, name) = (td.clone(), name.to_os_string());
+        let made = self.on_t(move |root| {
+            let have = if present {
+                Some(Snapshot::of(&Object::At(td.as_fd(), &name))?)
+            } else {
+                None
+            };
+            let same_object = have
+                .as_ref()
+                .is_some_and(|h| h.target == want.target && h.st.st_rdev == want.st.st_rdev);
+            if same_object {
+                if !have.as_ref().is_some_and(|h| want.same_as(h)) {
+                    want.apply_to(&Object::At(td.as_fd(), &name))?;
+                }
+                return Ok(false);
             }
-            return Ok(());
+            let (tmp, tmp_name) = copy::temp(root.as_fd())?;
+            copy::make_leaf(tmp.as_fd(), &tmp_name, &want)?;
+            want.apply_to(&Object::At(tmp.as_fd(), &tmp_name))?;
+            copy::install(tmp.as_fd(), &tmp_name, td.as_fd(), &name)?;
+            Ok(true)
+        })?;
+        if made {
+            self.fs.repair.did(0, 0, 1);
         }
-        let (tmp, tmp_name) = tgt(copy::temp(self.t_root.as_fd()))?;
-        tgt(copy::make_leaf(tmp.as_fd(), &tmp_name, &want))?;
-        tgt(want.apply_to(&Object::At(tmp.as_fd(), &tmp_name)))?;
-        tgt(copy::install(tmp.as_fd(), &tmp_name, td.as_fd(), name))?;
-        self.fs.repair.did(0, 0, 1);
         Ok(())
     }
 }

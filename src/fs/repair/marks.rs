@@ -12,14 +12,15 @@
 //!
 //! A mark is cleared only if nothing marked the inode again while it was repaired.
 
-use std::ffi::OsStr;
+use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 
 use fuser::FileType;
 use tracing::debug;
 
-use super::copy::{self, CopyError, Snapshot};
+use super::copy::{self, Snapshot};
 use crate::fs::chunks::{CHUNK, Chunks};
 use crate::fs::inode::{Ino, ROOT, ReplicaSet};
 use crate::fs::mirror::{MirrorFs, Scope};
@@ -36,15 +37,6 @@ const PASSES: usize = 16;
 pub(super) enum Failed {
     Source(io::Error),
     Target(io::Error),
-}
-
-impl From<CopyError> for Failed {
-    fn from(e: CopyError) -> Failed {
-        match e {
-            CopyError::Source(e) => Failed::Source(e),
-            CopyError::Target(e) => Failed::Target(e),
-        }
-    }
 }
 
 type Step<T> = Result<T, Failed>;
@@ -65,6 +57,11 @@ fn src<T>(r: io::Result<T>) -> Step<T> {
 
 fn tgt<T>(r: io::Result<T>) -> Step<T> {
     r.map_err(Failed::Target)
+}
+
+/// A snapshot that must be there: ENOENT when the name is gone.
+fn present(snap: Option<Snapshot>) -> io::Result<Snapshot> {
+    snap.ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
 }
 
 /// `Ok(None)` for a name that does not exist.
@@ -185,13 +182,14 @@ impl MirrorFs {
         };
         if ino == ROOT {
             let _order = self.order(&[ino]);
-            let want = src(Snapshot::of(&Object::Fd(s.root().as_fd())))?;
-            let root = tgt(sys::reopen(
-                t.root().as_fd(),
-                libc::O_RDONLY | libc::O_DIRECTORY,
-            ))?;
-            tgt(want.apply_to(&Object::Fd(root.as_fd())))?;
-            tgt(sys::fsync(root.as_fd(), false))?;
+            let want = src(self.on(s, "repair", |_, s| {
+                Snapshot::of(&Object::Fd(s.root().as_fd()))
+            }))?;
+            tgt(self.on(t, "repair", move |_, t| {
+                let root = sys::reopen(t.root().as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+                want.apply_to(&Object::Fd(root.as_fd()))?;
+                sys::fsync(root.as_fd(), false)
+            }))?;
             return Ok(if whole { Next::Listing } else { Next::Done });
         }
         match kind {
@@ -208,91 +206,124 @@ impl MirrorFs {
 
     /// Marks every entry of directory `dir` on the source whole for `index`.
     fn mark_children(&self, dir: Ino, s: &Replica, index: usize) -> io::Result<()> {
-        let on_s = self.open_dir_itself(s, dir)?;
-        self.mark_missing(dir, index, &copy::list(&on_s, dir == ROOT)?);
+        let listing = self.on(s, "repair", move |fs, s| {
+            copy::list(&fs.open_dir_itself(s, dir)?, dir == ROOT)
+        })?;
+        self.mark_missing(dir, index, &listing);
         Ok(())
     }
 
-    /// What `r` holds at `ino`'s name, if anything.
+    /// What `r` holds at `ino`'s name, if anything (the caller holds the name).
     fn snapshot_on(&self, r: &Replica, ino: Ino) -> io::Result<Option<Snapshot>> {
-        absent_ok(self.with_name(r, ino, |d, n| Snapshot::of(&Object::At(d, n))))
+        absent_ok(self.on(r, "repair", move |fs, r| {
+            fs.with_name(r, ino, |d, n| Snapshot::of(&Object::At(d, n)))
+        }))
     }
 
     fn repair_dir(&self, ino: Ino, s: &Replica, t: &Replica) -> Step<()> {
         let _order = self.order(&[ino]);
-        let want = src(self.with_name(s, ino, |d, n| Snapshot::of(&Object::At(d, n))))?;
-        tgt(self.with_name(t, ino, |d, n| {
-            match absent_ok(sys::statat(d, n))? {
-                Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {}
-                Some(_) => {
-                    copy::discard(t.root().as_fd(), d, n)?;
-                    sys::mkdirat(d, n, 0o700)?;
+        let _names = self.names_of(&[ino]);
+        let want = src(self.snapshot_on(s, ino).and_then(present))?;
+        tgt(self.on(t, "repair", move |fs, t| {
+            fs.with_name(t, ino, |d, n| {
+                match absent_ok(sys::statat(d, n))? {
+                    Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {}
+                    Some(_) => {
+                        copy::discard(t.root().as_fd(), d, n)?;
+                        sys::mkdirat(d, n, 0o700)?;
+                    }
+                    None => sys::mkdirat(d, n, 0o700)?,
                 }
-                None => sys::mkdirat(d, n, 0o700)?,
-            }
-            want.apply_to(&Object::At(d, n))?;
-            sys::fsync(
-                sys::openat(d, n, libc::O_RDONLY | libc::O_DIRECTORY, 0)?.as_fd(),
-                false,
-            )?;
-            sys::fsync_dir(d)
+                want.apply_to(&Object::At(d, n))?;
+                sys::fsync(
+                    sys::openat(d, n, libc::O_RDONLY | libc::O_DIRECTORY, 0)?.as_fd(),
+                    false,
+                )?;
+                sys::fsync_dir(d)
+            })
         }))
     }
 
     fn repair_leaf(&self, ino: Ino, s: &Replica, t: &Replica) -> Step<()> {
         let _order = self.order(&[ino]);
-        let want = src(self.with_name(s, ino, |d, n| Snapshot::of(&Object::At(d, n))))?;
+        let _names = self.names_of(&[ino]);
+        let want = src(self.snapshot_on(s, ino).and_then(present))?;
         let have = tgt(self.snapshot_on(t, ino))?;
         let same_object = have.as_ref().is_some_and(|h| {
             h.kind() == want.kind() && h.target == want.target && h.st.st_rdev == want.st.st_rdev
         });
         if same_object {
-            return tgt(self.with_name(t, ino, |d, n| {
-                want.apply_to(&Object::At(d, n))?;
-                sys::fsync_dir(d)
+            return tgt(self.on(t, "repair", move |fs, t| {
+                fs.with_name(t, ino, |d, n| {
+                    want.apply_to(&Object::At(d, n))?;
+                    sys::fsync_dir(d)
+                })
             }));
         }
-        let (tmp, name) = tgt(copy::temp(t.root().as_fd()))?;
-        tgt(copy::make_leaf(tmp.as_fd(), &name, &want))?;
-        tgt(want.apply_to(&Object::At(tmp.as_fd(), &name)))?;
-        self.install_on(t, ino, &tmp, &name, have.as_ref())
+        let (tmp, name) = tgt(self.on(t, "repair", move |_, t| {
+            let (tmp, name) = copy::temp(t.root().as_fd())?;
+            copy::make_leaf(tmp.as_fd(), &name, &want)?;
+            want.apply_to(&Object::At(tmp.as_fd(), &name))?;
+            Ok((tmp, name))
+        }))?;
+        self.install_on(t, ino, tmp, name, have.as_ref())
     }
 
-    /// Moves `tmp/name` to `ino`'s name on `t`, discarding a directory in the way.
+    /// Moves `tmp/name` to `ino`'s name on `t`, discarding a directory in the way (the
+    /// caller holds the name).
     fn install_on(
         &self,
         t: &Replica,
         ino: Ino,
-        tmp: &OwnedFd,
-        name: &OsStr,
+        tmp: OwnedFd,
+        name: OsString,
         have: Option<&Snapshot>,
     ) -> Step<()> {
-        tgt(self.with_name(t, ino, |d, n| {
-            if have.is_some_and(|h| h.kind() == libc::S_IFDIR) {
-                copy::discard(t.root().as_fd(), d, n)?;
-            }
-            copy::install(tmp.as_fd(), name, d, n)
+        let dir_in_the_way = have.is_some_and(|h| h.kind() == libc::S_IFDIR);
+        tgt(self.on(t, "repair", move |fs, t| {
+            fs.with_name(t, ino, |d, n| {
+                if dir_in_the_way {
+                    copy::discard(t.root().as_fd(), d, n)?;
+                }
+                copy::install(tmp.as_fd(), &name, d, n)
+            })
         }))
     }
 
+    /// Opens `ino` on `r` with `flags`, if it is a regular file there.
+    fn open_file(&self, r: &Replica, ino: Ino, flags: i32) -> io::Result<Arc<OwnedFd>> {
+        let _names = self.names_of(&[ino]);
+        self.on(r, "repair", move |fs, r| {
+            fs.with_name(r, ino, |d, n| sys::open_regular(d, n, flags))
+        })
+        .map(Arc::new)
+    }
+
     fn repair_file(&self, ino: Ino, s: &Replica, t: &Replica) -> Step<()> {
-        let from = src(self.with_name(s, ino, |d, n| sys::open_regular(d, n, libc::O_RDONLY)))?;
-        let have = tgt(self.snapshot_on(t, ino))?;
+        let from = src(self.open_file(s, ino, libc::O_RDONLY))?;
+        let have = {
+            let _names = self.names_of(&[ino]);
+            tgt(self.snapshot_on(t, ino))?
+        };
         if have.as_ref().is_some_and(|h| h.kind() == libc::S_IFREG) {
             // In place: the file's other names on the target stay links of it, and of a
             // partial mark only the chunks it names are copied.
             let only = self.table().stale_chunks(ino, t.index);
-            let to = tgt(self.with_name(t, ino, |d, n| sys::open_regular(d, n, libc::O_RDWR)))?;
-            self.copy_contents(ino, &from, &to, only.as_ref())?;
+            let to = tgt(self.open_file(t, ino, libc::O_RDWR))?;
+            self.copy_contents(ino, (s, &from), (t, &to), only.as_ref())?;
             let _order = self.order(&[ino]);
-            self.finish_file(ino, s, &from, &to)?;
+            self.finish_file(ino, (s, &from), (t, &to))?;
             return self.relink(ino, t);
         }
-        let (tmp, name, to) = tgt(copy::temp_file(t.root().as_fd()))?;
-        self.copy_contents(ino, &from, &to, None)?;
+        let (tmp, name, to) = tgt(self.on(t, "repair", |_, t| copy::temp_file(t.root().as_fd())))?;
+        let to = Arc::new(to);
+        self.copy_contents(ino, (s, &from), (t, &to), None)?;
         let _order = self.order(&[ino]);
-        self.finish_file(ino, s, &from, &to)?;
-        self.install_on(t, ino, &tmp, &name, have.as_ref())?;
+        self.finish_file(ino, (s, &from), (t, &to))?;
+        {
+            let _names = self.names_of(&[ino]);
+            self.install_on(t, ino, tmp, name, have.as_ref())?;
+        }
         // Open handles reach the file installed, not the one it replaced.
         for h in self.files.all().iter().filter(|h| h.ino == ino) {
             h.drop_fd(t.index);
@@ -305,8 +336,8 @@ impl MirrorFs {
     fn copy_contents(
         &self,
         ino: Ino,
-        from: &OwnedFd,
-        to: &OwnedFd,
+        (s, from): (&Replica, &Arc<OwnedFd>),
+        (t, to): (&Replica, &Arc<OwnedFd>),
         only: Option<&Chunks>,
     ) -> Step<()> {
         let ranges: Vec<(u64, u64)> = match only {
@@ -322,12 +353,22 @@ impl MirrorFs {
             while off < end {
                 let n = {
                     let _order = self.order(&[ino]);
-                    let size = src(sys::fstat(from.as_fd()))?.st_size as u64;
-                    if off >= size {
-                        break;
-                    }
-                    let len = CHUNK.min(size - off).min(end - off);
-                    copy::copy_bytes(from.as_fd(), to.as_fd(), off, len)?
+                    let from = from.clone();
+                    let chunk = src(self.on(s, "repair", move |_, _| {
+                        let size = sys::fstat(from.as_fd())?.st_size as u64;
+                        if off >= size {
+                            return Ok(None);
+                        }
+                        copy::read_chunk(from.as_fd(), off, CHUNK.min(size - off).min(end - off))
+                            .map(Some)
+                    }))?;
+                    let Some(chunk) = chunk else { break };
+                    let n = chunk.len() as u64;
+                    let to = to.clone();
+                    tgt(self.on(t, "repair", move |_, _| {
+                        sys::pwrite_all(to.as_fd(), &chunk, off).map_err(|(_, e)| e)
+                    }))?;
+                    n
                 };
                 if n == 0 {
                     break;
@@ -340,36 +381,52 @@ impl MirrorFs {
     }
 
     /// Sets a copied file's size and attributes to the source's (under the order lock).
-    fn finish_file(&self, ino: Ino, s: &Replica, from: &OwnedFd, to: &OwnedFd) -> Step<()> {
-        let size = src(sys::fstat(from.as_fd()))?.st_size as u64;
-        tgt(sys::ftruncate(to.as_fd(), size))?;
-        let want = src(self.with_name(s, ino, |d, n| Snapshot::of(&Object::At(d, n))))?;
-        tgt(want.apply_to(&Object::Fd(to.as_fd())))?;
-        // On disk before the repair is recorded as done.
-        tgt(sys::fsync(to.as_fd(), false))
+    fn finish_file(
+        &self,
+        ino: Ino,
+        (s, from): (&Replica, &Arc<OwnedFd>),
+        (t, to): (&Replica, &Arc<OwnedFd>),
+    ) -> Step<()> {
+        let from = from.clone();
+        let size = src(self.on(s, "repair", move |_, _| sys::fstat(from.as_fd())))?.st_size as u64;
+        let want = {
+            let _names = self.names_of(&[ino]);
+            src(self.snapshot_on(s, ino).and_then(present))?
+        };
+        let to = to.clone();
+        tgt(self.on(t, "repair", move |_, _| {
+            sys::ftruncate(to.as_fd(), size)?;
+            want.apply_to(&Object::Fd(to.as_fd()))?;
+            // On disk before the repair is recorded as done.
+            sys::fsync(to.as_fd(), false)
+        }))
     }
 
     /// Every other known name of a file repaired on `t` becomes (again) a link of the
     /// name it was repaired at.
     fn relink(&self, ino: Ino, t: &Replica) -> Step<()> {
         let links = self.table().links(ino);
-        let Some(((p0, n0), rest)) = links.split_first() else {
+        if links.len() < 2 {
             return Ok(());
-        };
-        let first = tgt(self.dir_fd(t, *p0))?;
-        let installed = tgt(sys::statat(first.as_fd(), n0))?;
-        for (parent, name) in rest {
-            let dir = tgt(self.dir_fd(t, *parent))?;
-            let now = tgt(absent_ok(sys::statat(dir.as_fd(), name)))?;
-            if now.is_some_and(|st| (st.st_dev, st.st_ino) == (installed.st_dev, installed.st_ino))
-            {
-                continue;
-            }
-            let (tmp, tmp_name) = tgt(copy::temp(t.root().as_fd()))?;
-            tgt(sys::linkat(first.as_fd(), n0, tmp.as_fd(), &tmp_name))?;
-            tgt(copy::install(tmp.as_fd(), &tmp_name, dir.as_fd(), name))?;
         }
-        Ok(())
+        tgt(self.on(t, "repair", move |fs, t| {
+            let ((p0, n0), rest) = links.split_first().expect("two links or more");
+            let first = fs.dir_fd(t, *p0)?;
+            let installed = sys::statat(first.as_fd(), n0)?;
+            for (parent, name) in rest {
+                let dir = fs.dir_fd(t, *parent)?;
+                let now = absent_ok(sys::statat(dir.as_fd(), name))?;
+                if now.is_some_and(|st| {
+                    (st.st_dev, st.st_ino) == (installed.st_dev, installed.st_ino)
+                }) {
+                    continue;
+                }
+                let (tmp, tmp_name) = copy::temp(t.root().as_fd())?;
+                sys::linkat(first.as_fd(), n0, tmp.as_fd(), &tmp_name)?;
+                copy::install(tmp.as_fd(), &tmp_name, dir.as_fd(), name)?;
+            }
+            Ok(())
+        }))
     }
 
     /// Makes `t`'s listing of directory `dir` the source's: names only the target has are
@@ -377,34 +434,56 @@ impl MirrorFs {
     /// contents repair makes them.
     fn repair_entries(&self, dir: Ino, s: &Replica, t: &Replica) -> Step<()> {
         let _order = self.order(&[dir]);
-        let on_s = src(self.open_dir_itself(s, dir))?;
-        let on_t = match self.open_dir_itself(t, dir) {
-            Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                // The directory itself is missing there: repair it first.
-                self.diverged("repair", &[(t.index, 0)], &[Scope::Data(dir)]);
-                return Ok(());
-            }
-            Err(e) => return Err(Failed::Target(e)),
-        };
-        let want = src(copy::list(&on_s, dir == ROOT))?;
-        let have = tgt(copy::list(&on_t, dir == ROOT))?;
-        for e in &have {
-            if !copy::holds(&want, e) {
-                tgt(copy::discard(t.root().as_fd(), on_t.as_fd(), &e.name))?;
-            }
-        }
+        let is_root = dir == ROOT;
         // Names on both sides are compared by their attributes: a change to a listing
         // that a crash interrupted (or a node made in the same epoch and changed since,
         // see `Intents::born`) can leave a name whose object differs.
+        let there = src(self.on(s, "repair", move |fs, s| {
+            let on_s = fs.open_dir_itself(s, dir)?;
+            let want = copy::list(&on_s, is_root)?;
+            let snaps = want
+                .iter()
+                .map(|e| Snapshot::of(&Object::At(on_s.as_fd(), &e.name)))
+                .collect::<io::Result<Vec<_>>>()?;
+            Ok((want, snaps))
+        }))?;
+        let (want, there) = there;
+        let wanted = want.clone();
+        let here = self.on(t, "repair", move |fs, t| {
+            let on_t = match fs.open_dir_itself(t, dir) {
+                Ok(fd) => fd,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let have = copy::list(&on_t, is_root)?;
+            for e in &have {
+                if !copy::holds(&wanted, e) {
+                    copy::discard(t.root().as_fd(), on_t.as_fd(), &e.name)?;
+                }
+            }
+            let snaps = wanted
+                .iter()
+                .map(|e| {
+                    if copy::holds(&have, e) {
+                        Snapshot::of(&Object::At(on_t.as_fd(), &e.name)).map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                })
+                .collect::<io::Result<Vec<_>>>()?;
+            Ok(Some(snaps))
+        });
+        let Some(here) = tgt(here)? else {
+            // The directory itself is missing there: repair it first.
+            self.diverged("repair", &[(t.index, 0)], &[Scope::Data(dir)]);
+            return Ok(());
+        };
         let (mut missing, mut differing) = (Vec::new(), Vec::new());
-        for e in want {
-            if !copy::holds(&have, &e) {
+        for ((e, there), here) in want.into_iter().zip(there).zip(here) {
+            let Some(here) = here else {
                 missing.push(e);
                 continue;
-            }
-            let there = src(Snapshot::of(&Object::At(on_s.as_fd(), &e.name)))?;
-            let here = tgt(Snapshot::of(&Object::At(on_t.as_fd(), &e.name)))?;
+            };
             // A file open through the mount has each replica's own size and mtime while
             // it is written; marking it for that would never end for a busy file.
             let open = {

@@ -24,6 +24,12 @@ use fuser::{
 /// What to break.
 #[derive(Default, Debug)]
 pub struct Faults {
+    /// Every operation waits until released, like a filesystem whose server stopped
+    /// answering (see [`Faults::hang`]).
+    hung: Mutex<bool>,
+    released: std::sync::Condvar,
+    /// Operations waiting in a hang now.
+    pub waiting: AtomicU64,
     /// File names whose reads fail with EIO.
     pub eio_reads: Mutex<HashSet<OsString>>,
     /// Every operation fails with EIO, like a disk that died.
@@ -32,6 +38,9 @@ pub struct Faults {
     pub delay_us: AtomicU64,
     /// Latency added to every write, in microseconds.
     pub write_delay_us: AtomicU64,
+    /// Latency added to every fsync, in microseconds: a flush of much data on a loaded
+    /// disk.
+    pub fsync_delay_us: AtomicU64,
     /// Closing a file fails with ENOSPC, as a network filesystem reports a write it
     /// deferred.
     pub enospc_at_close: AtomicBool,
@@ -39,6 +48,32 @@ pub struct Faults {
     pub reads: AtomicU64,
     /// When each mkdir arrived, to see whether replicas took one at once.
     pub mkdirs: Mutex<Vec<Instant>>,
+}
+
+impl Faults {
+    /// From now on every operation waits, until [`Faults::release`].
+    pub fn hang(&self) {
+        *self.hung.lock().unwrap() = true;
+    }
+
+    /// Operations waiting in a hang go on, and new ones no longer wait.
+    pub fn release(&self) {
+        *self.hung.lock().unwrap() = false;
+        self.released.notify_all();
+    }
+
+    /// Waits while hung.
+    fn wait_while_hung(&self) {
+        let mut hung = self.hung.lock().unwrap();
+        if !*hung {
+            return;
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        while *hung {
+            hung = self.released.wait(hung).unwrap();
+        }
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 struct FaultFs {
@@ -111,6 +146,7 @@ fn timespec(t: Option<TimeOrNow>) -> libc::timespec {
 impl FaultFs {
     /// Applies the configured delay and death; every operation starts here.
     fn gate(&self) -> Result<(), Errno> {
+        self.faults.wait_while_hung();
         let us = self.faults.delay_us.load(Ordering::Relaxed);
         if us > 0 {
             std::thread::sleep(Duration::from_micros(us));
@@ -550,6 +586,10 @@ impl Filesystem for FaultFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let us = self.faults.fsync_delay_us.load(Ordering::Relaxed);
+        if us > 0 {
+            std::thread::sleep(Duration::from_micros(us));
+        }
         match self.with_file(fh, |f| f.sync_all()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -793,6 +833,8 @@ impl FaultMount {
 
 impl Drop for FaultMount {
     fn drop(&mut self) {
+        // Nothing may be left waiting: unmounting would wait for it.
+        self.faults.release();
         if let Some(s) = self.session.take() {
             let _ = s.umount_and_join();
         }

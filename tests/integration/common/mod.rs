@@ -94,6 +94,8 @@ pub struct Mirror {
     pid: Option<u32>,
     /// Fault filesystems serving replicas, unmounted after the mirror.
     faulty: Vec<(usize, FaultMount)>,
+    /// bindfs daemons serving replicas (in the foreground), stopped after the mirror.
+    bindfs: Vec<(usize, std::process::Child)>,
     /// tmpfs and bind mounts made for replicas, unmounted after the mirror.
     mounts: Vec<PathBuf>,
 }
@@ -105,6 +107,7 @@ pub struct Setup {
     tmpfs: Vec<(usize, String)>,
     faulty: Vec<usize>,
     bind: Vec<usize>,
+    bindfs: Vec<usize>,
 }
 
 impl Setup {
@@ -138,6 +141,13 @@ impl Setup {
         self
     }
 
+    /// Replica `i` is a bindfs mount of a backing directory: a FUSE filesystem run by a
+    /// daemon of its own, which [`Mirror::stop_bindfs`] stops as a dead server would.
+    pub fn bindfs(mut self, i: usize) -> Setup {
+        self.bindfs.push(i);
+        self
+    }
+
     pub fn mount(self) -> Mirror {
         let dir = tempfile::Builder::new()
             .prefix("mirrorfs-test-")
@@ -158,6 +168,7 @@ impl Setup {
             extra_args: self.args,
             pid: None,
             faulty: Vec::new(),
+            bindfs: Vec::new(),
             mounts: Vec::new(),
         };
         for &i in &self.bind {
@@ -181,6 +192,22 @@ impl Setup {
             let fm = FaultMount::mount(&backing, &m.replicas[i]);
             m.faulty.push((i, fm));
         }
+        for &i in &self.bindfs {
+            let backing = m.dir.path().join(format!("backing{i}"));
+            std::fs::create_dir(&backing).unwrap();
+            let child = Command::new("bindfs")
+                .arg("-f")
+                .arg(&backing)
+                .arg(&m.replicas[i])
+                .spawn()
+                .expect("run bindfs (scripts/setup.sh installs it)");
+            m.bindfs.push((i, child));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !mirrorfs::replica::is_mount_point(&m.replicas[i]) {
+                assert!(Instant::now() < deadline, "bindfs never mounted");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         m.mount();
         m
     }
@@ -203,6 +230,7 @@ impl Mirror {
             tmpfs: Vec::new(),
             faulty: Vec::new(),
             bind: Vec::new(),
+            bindfs: Vec::new(),
         }
     }
 
@@ -215,6 +243,27 @@ impl Mirror {
             .expect("replica is faulty")
             .1
             .faults
+    }
+
+    /// Sends `signal` to the bindfs daemon serving replica `i`.
+    fn signal_bindfs(&self, i: usize, signal: i32) {
+        let (_, child) = self
+            .bindfs
+            .iter()
+            .find(|(j, _)| *j == i)
+            .expect("replica is bindfs");
+        // SAFETY: signalling the test's own child process.
+        unsafe { libc::kill(child.id() as i32, signal) };
+    }
+
+    /// Stops the bindfs daemon of replica `i` (SIGSTOP): its filesystem stops answering.
+    pub fn stop_bindfs(&self, i: usize) {
+        self.signal_bindfs(i, libc::SIGSTOP);
+    }
+
+    /// Lets the bindfs daemon of replica `i` go on (SIGCONT).
+    pub fn cont_bindfs(&self, i: usize) {
+        self.signal_bindfs(i, libc::SIGCONT);
     }
 
     /// Mounts (again) with the mirror's arguments.
@@ -376,8 +425,20 @@ impl Mirror {
 
 impl Drop for Mirror {
     fn drop(&mut self) {
+        // A stopped replica lets the daemon finish once it goes on.
+        for (_, child) in &self.bindfs {
+            // SAFETY: signalling the test's own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+        }
         self.stop_daemon();
         self.faulty.clear();
+        for (i, mut child) in self.bindfs.drain(..) {
+            let p = cstr(&self.replicas[i]);
+            // SAFETY: unmounting a bindfs this fixture mounted.
+            unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         for t in self.mounts.drain(..) {
             let p = cstr(&t);
             // SAFETY: unmounting a tmpfs this fixture mounted.
