@@ -1,9 +1,9 @@
 //! The prober: a background check, every second, of each replica.
 //!
 //! - Each replica has a *pulse*: a thread of its own that asks the replica's filesystem
-//!   for its free space and reads a little of the replica's state file every second
-//!   (also straight from the disk, on a local filesystem), and at once when the watchdog
-//!   asks because a call has been under way long. Its reads keep
+//!   for its free space (on a network or FUSE filesystem, its server) and, on a local
+//!   one, reads a little of the replica's state file, also straight from the disk; every
+//!   second, and at once when the watchdog asks because a call has been under way long. Its reads keep
 //!   the read latency measured (reads that avoid a slow replica notice when it is fast
 //!   again), show that a slow replica still answers, and make a replica that stops
 //!   answering known within the deadline even when nothing else reaches it. It also
@@ -54,7 +54,7 @@ pub fn spawn(fs: Arc<MirrorFs>) {
         std::thread::Builder::new()
             .name(format!("pulse-{index}"))
             .spawn(move || {
-                let mut file = None;
+                let mut file: Option<PulseFile> = None;
                 loop {
                     fs.pulse(&fs.replicas[index], &mut file);
                     fs.replicas[index].live.wait_pulse(INTERVAL);
@@ -100,36 +100,44 @@ fn probe_io(root: &OwnedFd) -> io::Result<()> {
 #[repr(C, align(4096))]
 struct Block([u8; 4096]);
 
-/// What a pulse reads: the replica's state file, kept open from one pulse to the next,
-/// with the root it was opened under: the way reads through the mount read it, for
-/// their latency, and on a local filesystem also straight from the disk, so that a disk
-/// that stops answering is not hidden by the page cache. (On a network or FUSE
-/// filesystem the statfs of each pulse reaches the server already, and direct reads are
-/// not always supported.)
+/// What a pulse reads on a local filesystem: the replica's state file, kept open from
+/// one pulse to the next (with the root it was opened under), read the way reads through
+/// the mount read, for their latency, and straight from the disk, so that a disk that
+/// stops answering is not hidden by the page cache.
 struct PulseFile {
     root: Arc<OwnedFd>,
     buffered: OwnedFd,
     direct: Option<OwnedFd>,
 }
 
-fn open_pulse_file(root: &Arc<OwnedFd>, local: bool) -> io::Result<PulseFile> {
+fn open_pulse_file(root: &Arc<OwnedFd>) -> io::Result<PulseFile> {
     let meta = state::open_meta(root.as_fd())?;
     let name = OsStr::new(state::STATE_FILE);
-    let buffered = sys::open_regular(meta.as_fd(), name, libc::O_RDONLY)?;
-    let direct = match local {
-        true => sys::open_regular(meta.as_fd(), name, libc::O_RDONLY | libc::O_DIRECT).ok(),
-        false => None,
-    };
     Ok(PulseFile {
         root: root.clone(),
-        buffered,
-        direct,
+        buffered: sys::open_regular(meta.as_fd(), name, libc::O_RDONLY)?,
+        direct: sys::open_regular(meta.as_fd(), name, libc::O_RDONLY | libc::O_DIRECT).ok(),
     })
 }
 
 fn read_pulse_file(fd: &OwnedFd) -> io::Result<()> {
     let mut buf = Box::new(Block([0; 4096]));
     sys::pread_full(fd.as_fd(), &mut buf.0, 0).map(drop)
+}
+
+/// A local pulse's read: its latency, once the disk answered too.
+fn pulse_read(root: &Arc<OwnedFd>, file: &mut Option<PulseFile>) -> io::Result<Duration> {
+    if !file.as_ref().is_some_and(|f| Arc::ptr_eq(&f.root, root)) {
+        *file = Some(open_pulse_file(root)?);
+    }
+    let f = file.as_ref().expect("just opened");
+    let started = Instant::now();
+    read_pulse_file(&f.buffered)?;
+    let took = started.elapsed();
+    if let Some(direct) = &f.direct {
+        read_pulse_file(direct)?;
+    }
+    Ok(took)
 }
 
 impl MirrorFs {
@@ -142,29 +150,28 @@ impl MirrorFs {
         }
         let root = r.root();
         let call = r.live.begin("pulse", None);
-        if let Ok(st) = sys::fstatfs(root.as_fd()) {
+        let started = Instant::now();
+        let statfs = sys::fstatfs(root.as_fd());
+        let took = started.elapsed();
+        if let Ok(st) = &statfs {
             r.set_free_bytes(st.f_bavail.saturating_mul(st.f_frsize));
         }
-        if !file.as_ref().is_some_and(|f| Arc::ptr_eq(&f.root, &root)) {
-            *file = open_pulse_file(&root, !r.defers_errors).ok();
-        }
-        let read = file.as_ref().map(|f| {
-            let started = Instant::now();
-            read_pulse_file(&f.buffered)?;
-            let took = started.elapsed();
-            if let Some(direct) = &f.direct {
-                read_pulse_file(direct)?;
-            }
-            Ok::<_, io::Error>(took)
-        });
+        // A network or FUSE filesystem answers statfs from its server: that round trip
+        // is what reads there wait for. (No file is held open there: such a filesystem
+        // keeps a replaced file it has open as a hidden one.)
+        let sample = if r.defers_errors {
+            statfs.map(|_| took)
+        } else {
+            pulse_read(&root, file)
+        };
         drop(call);
         // It returned: whatever it says, the replica's storage answered.
         r.live.answered();
-        match read {
+        match sample {
             // Reads may avoid a replica that was slow: keep measuring it.
-            Some(Ok(took)) if r.failure().is_none() => r.read_latency.record(took),
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => *file = None,
+            Ok(took) if r.failure().is_none() => r.read_latency.record(took),
+            Ok(_) => {}
+            Err(_) => *file = None,
         }
     }
 
