@@ -222,6 +222,9 @@ fn replica_line(r: &ReplicaStatus) -> String {
             l.push_str(&format!(" (max lag exceeded {} times)", lag.trips));
         }
     }
+    if !r.lacks.is_empty() {
+        l.push_str(&format!(", its filesystem lacks {}", r.lacks.join(", ")));
+    }
     l.push_str(&format!(
         ", latency read {:.2} ms write {:.2} ms, {} free",
         r.read_latency_us / 1000.0,

@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod control;
 pub mod error;
+pub mod features;
 pub mod fs;
 pub mod health;
 pub mod liveness;

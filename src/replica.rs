@@ -19,7 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
+use crate::features::Features;
 use crate::fs::inode::{Ino, ROOT};
+use crate::fs::repair::copy;
 use crate::liveness::Liveness;
 use crate::sys;
 
@@ -103,6 +105,8 @@ pub struct Replica {
     lock: Mutex<Option<OwnedFd>>,
     /// Whether it answers, and the threads that call it.
     pub live: Arc<Liveness>,
+    /// What its filesystem can hold (probed at mount, see [`Replica::find_features`]).
+    pub features: Features,
 }
 
 impl Replica {
@@ -125,7 +129,14 @@ impl Replica {
             free_bytes: AtomicU64::new(0),
             lock: Mutex::new(None),
             live: Arc::new(Liveness::new(index)),
+            features: Features::default(),
         }
+    }
+
+    /// Probes what the replica's filesystem can hold, in its metadata directory.
+    pub fn find_features(&self) -> io::Result<Features> {
+        let scratch = copy::temp_dir(self.root().as_fd())?;
+        Features::probe(scratch.as_fd())
     }
 
     /// The root directory's descriptor.

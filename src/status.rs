@@ -64,6 +64,10 @@ pub struct ReplicaStatus {
     /// Calls left inside the replica after it stopped answering that have not returned
     /// yet (threads it holds); it is tried again once there are none.
     pub stuck_calls: usize,
+    /// What its filesystem cannot hold (see [`crate::features`]): "hard links", "xattrs",
+    /// "owners", "rename flags (emulated)".
+    #[serde(default)]
+    pub lacks: Vec<String>,
     /// The generation of the data it holds (replicas in sync share one).
     pub generation: String,
     /// Number of paths this replica is out of sync for.

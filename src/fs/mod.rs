@@ -4,6 +4,7 @@ pub mod attr;
 pub mod attributes;
 pub mod chunks;
 pub mod dirs;
+pub mod emulate;
 pub mod engine;
 pub mod fanout;
 pub mod files;

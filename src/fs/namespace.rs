@@ -16,6 +16,7 @@ use std::time::SystemTime;
 use fuser::{FileAttr, FileType};
 
 use crate::fs::attr;
+use crate::fs::emulate;
 use crate::fs::engine::{How, Measure};
 use crate::fs::inode::{BackingKey, Ino, ROOT, ReplicaSet};
 use crate::fs::mirror::{MirrorFs, Scope};
@@ -357,6 +358,11 @@ impl MirrorFs {
         rdev: u32,
     ) -> io::Result<FileAttr> {
         let kind = attr::kind(mode);
+        // Refused as by a filesystem that makes none when a replica cannot hold one.
+        if kind != FileType::RegularFile && !self.replicas.iter().all(|r| r.features.special_files)
+        {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
         let (owner, mode) = self
             .plan_creation(parent, caller, mode, umask, kind)
             .await?;
@@ -393,6 +399,11 @@ impl MirrorFs {
 
     pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &OsStr) -> io::Result<FileAttr> {
         self.check_name(new_parent, new_name)?;
+        // Refused as by a filesystem without hard links when any replica cannot hold one,
+        // rather than made where it can be and missing where it cannot.
+        if !self.replicas.iter().all(|r| r.features.hard_links) {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
         let targets = {
             let t = self.table();
             let all = self.active();
@@ -550,7 +561,14 @@ impl MirrorFs {
         let fanned = self
             .apply_namespace("rename", targets, move |_, r| {
                 let fds = resolved(&dirs, r)?;
-                sys::renameat2(fds[0].as_fd(), &from_name, fds[1].as_fd(), &to_name, flags)
+                emulate::rename(
+                    r,
+                    fds[0].as_fd(),
+                    &from_name,
+                    fds[1].as_fd(),
+                    &to_name,
+                    flags,
+                )
             })
             .await;
         let mut scopes = vec![Scope::Entries(parent), Scope::Entries(new_parent)];

@@ -6,6 +6,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
+use crate::fs::xattrs::is_backing_internal;
 use crate::sys::{self, Time};
 
 pub enum Object<'a> {
@@ -73,7 +74,10 @@ impl Object<'_> {
             Err(e) => return Err(e),
         };
         let mut out = Vec::new();
-        for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        for name in names[..n]
+            .split(|&b| b == 0)
+            .filter(|n| !n.is_empty() && !is_backing_internal(n))
+        {
             let name = OsStr::from_bytes(name);
             let mut value = vec![0u8; XATTR_MAX];
             match sys::xattr::get(fd.as_fd(), name, &mut value) {

@@ -59,6 +59,7 @@ impl MirrorFs {
                         reason: f.reason,
                     }),
                     needs_full: full & bit != 0,
+                    lacks: r.features.lacking(),
                     stuck_calls: if r.live.stuck() {
                         r.live.in_flight()
                     } else {

@@ -16,6 +16,14 @@ use crate::sys;
 /// The largest value or list a replica is asked for.
 const XATTR_MAX: usize = 64 * 1024;
 
+/// Names under which a backing filesystem lists, to root, what it also shows as a
+/// standard attribute: xfs keeps POSIX ACLs as `trusted.SGI_ACL_*`, the same ACLs as
+/// `system.posix_acl_*`. They are neither listed through the mount nor copied by repair,
+/// so a replica on xfs and one on ext4 hold the same attributes.
+pub fn is_backing_internal(name: &[u8]) -> bool {
+    matches!(name, b"trusted.SGI_ACL_FILE" | b"trusted.SGI_ACL_DEFAULT")
+}
+
 /// The answer to a get or list request: the size when asked for the size only, else the
 /// bytes.
 pub enum XattrReply {
@@ -34,7 +42,22 @@ fn reply_for(value: Vec<u8>, size: u32) -> io::Result<XattrReply> {
 }
 
 impl MirrorFs {
+    /// Xattrs are refused (as by a filesystem without them) when any replica cannot hold
+    /// them: what an application reads and writes is then the same whichever replicas
+    /// serve it, and no replica falls out of sync for want of them. The answer is ENOSYS,
+    /// which tells the kernel the mount has no xattrs at all: it answers EOPNOTSUPP itself
+    /// from then on, and finds no ACL where it checks permissions (to any other error it
+    /// would deny access to every file whose owner is not the caller).
+    fn xattrs_held(&self) -> io::Result<()> {
+        if self.replicas.iter().all(|r| r.features.xattrs) {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(libc::ENOSYS))
+        }
+    }
+
     pub async fn getxattr(&self, ino: Ino, name: &OsStr, size: u32) -> io::Result<XattrReply> {
+        self.xattrs_held()?;
         let _names = self.names_of(&[ino]);
         let name = name.to_os_string();
         let value = self
@@ -55,6 +78,7 @@ impl MirrorFs {
     }
 
     pub async fn listxattr(&self, ino: Ino, size: u32, caller_uid: u32) -> io::Result<XattrReply> {
+        self.xattrs_held()?;
         let _names = self.names_of(&[ino]);
         let list = self
             .read_any(
@@ -73,6 +97,7 @@ impl MirrorFs {
         let visible: Vec<u8> = list
             .split_inclusive(|&b| b == 0)
             .filter(|name| caller_uid == 0 || !name.starts_with(b"trusted."))
+            .filter(|name| !is_backing_internal(name.strip_suffix(b"\0").unwrap_or(name)))
             .flatten()
             .copied()
             .collect();
@@ -108,6 +133,7 @@ impl MirrorFs {
         ino: Ino,
         change: impl Fn(BorrowedFd<'_>) -> io::Result<()> + Send + Sync + 'static,
     ) -> io::Result<()> {
+        self.xattrs_held()?;
         let _order = self.order_drained(&[ino]);
         let _names = self.names_of(&[ino]);
         let _flight = self.intend(&[Scope::Meta(ino)])?;

@@ -19,6 +19,7 @@ use crate::cli::{ModeArg, MountArgs};
 use crate::cli_error;
 use crate::control;
 use crate::error::CliError;
+use crate::features::Features;
 use crate::fs::fuse_adapter::FuseMirror;
 use crate::fs::intent::DEFAULT_SETTLE_INTERVAL;
 use crate::fs::lanes::MaxLag;
@@ -380,6 +381,28 @@ fn detach(mount_point: &std::path::Path) {
     }
 }
 
+/// What `replica`'s filesystem can hold, logged when it lacks something. A replica whose
+/// probe fails is taken to hold everything: its operations then fail (and mark it) one by
+/// one, as they would have without the probe.
+fn found_features(replica: &Replica) -> Features {
+    match replica.find_features() {
+        Ok(found) => {
+            let lacking = found.lacking();
+            if !lacking.is_empty() {
+                warn!(
+                    replica = %replica.path.display(),
+                    "the replica's filesystem lacks {}", lacking.join(", ")
+                );
+            }
+            found
+        }
+        Err(e) => {
+            warn!(replica = %replica.path.display(), "cannot probe what the replica's filesystem holds: {}", sys::describe(&e));
+            Features::default()
+        }
+    }
+}
+
 /// A mounted mirror, ready to serve.
 struct Mounted {
     session: fuser::Session<FuseMirror>,
@@ -414,7 +437,13 @@ fn start(
         .iter()
         .zip(roots)
         .enumerate()
-        .map(|(i, (p, root))| Replica::new(i, p, root))
+        .map(|(i, (p, root))| {
+            let mut replica = Replica::new(i, p, root);
+            if !opts.read_only() {
+                replica.features = found_features(&replica);
+            }
+            replica
+        })
         .collect();
     for note in &assembly.notes {
         info!("{note}");

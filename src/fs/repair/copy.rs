@@ -15,6 +15,7 @@ use crate::fs::dirs::read_listing;
 use crate::fs::handles::Entry;
 use crate::fs::object::Object;
 use crate::membership::state::{new_id, open_meta};
+use crate::replica::Replica;
 use crate::sys::{self, Stat};
 
 const TMP_DIR: &str = "tmp";
@@ -45,6 +46,20 @@ impl Snapshot {
             xattrs: obj.xattrs()?,
             target,
         })
+    }
+
+    /// The snapshot as `target` can hold it: without xattrs on a replica whose filesystem
+    /// has none (the mirror refuses them then, so only ones made before it spanned such a
+    /// replica are dropped), with times to the second on one that keeps no finer.
+    pub fn for_target(mut self, target: &Replica) -> Snapshot {
+        if !target.features.xattrs {
+            self.xattrs.clear();
+        }
+        if !target.features.fine_times {
+            self.st.st_atime_nsec = 0;
+            self.st.st_mtime_nsec = 0;
+        }
+        self
     }
 
     /// Whether `other` is the same object as far as a mirror promises: kind, size, mode,
@@ -99,10 +114,15 @@ fn meta_subdir(root: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
     )
 }
 
+/// The replica's area for objects being made (and moved aside), in its metadata directory.
+pub fn temp_dir(root: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    meta_subdir(root, TMP_DIR)
+}
+
 /// The replica's area for objects being made, and a fresh name in it.
 pub fn temp(root: BorrowedFd<'_>) -> io::Result<(OwnedFd, OsString)> {
     Ok((
-        meta_subdir(root, TMP_DIR)?,
+        temp_dir(root)?,
         OsString::from(format!("repair.{}", new_id())),
     ))
 }

@@ -230,6 +230,7 @@ impl Walk<'_> {
             let Some((sd, want_snap, want)) = source else {
                 continue;
             };
+            let want_snap = want_snap.for_target(self.t);
             let (at, wanted) = (rel.clone(), want.clone());
             let (td, have) = self.on_t(move |root| {
                 let td = open_dir(root, &at)?;
@@ -269,10 +270,11 @@ impl Walk<'_> {
         Ok(())
     }
 
-    /// What the source holds at `sd/name`.
+    /// What the source holds at `sd/name`, as the target can hold it.
     fn source_snapshot(&self, sd: &Dir, name: &OsStr) -> Step<Snapshot> {
         let (sd, name) = (sd.clone(), name.to_os_string());
-        self.on_s(move |_| Snapshot::of(&Object::At(sd.as_fd(), &name)))
+        let snap = self.on_s(move |_| Snapshot::of(&Object::At(sd.as_fd(), &name)))?;
+        Ok(snap.for_target(self.t))
     }
 
     /// Brings one regular file in line: a hard link of one seen before becomes a link

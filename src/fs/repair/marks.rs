@@ -184,7 +184,8 @@ impl MirrorFs {
             let _order = self.order(&[ino]);
             let want = src(self.on(s, "repair", |_, s| {
                 Snapshot::of(&Object::Fd(s.root().as_fd()))
-            }))?;
+            }))?
+            .for_target(t);
             tgt(self.on(t, "repair", move |_, t| {
                 let root = sys::reopen(t.root().as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
                 want.apply_to(&Object::Fd(root.as_fd()))?;
@@ -223,7 +224,7 @@ impl MirrorFs {
     fn repair_dir(&self, ino: Ino, s: &Replica, t: &Replica) -> Step<()> {
         let _order = self.order(&[ino]);
         let _names = self.names_of(&[ino]);
-        let want = src(self.snapshot_on(s, ino).and_then(present))?;
+        let want = src(self.snapshot_on(s, ino).and_then(present))?.for_target(t);
         tgt(self.on(t, "repair", move |fs, t| {
             fs.with_name(t, ino, |d, n| {
                 match absent_ok(sys::statat(d, n))? {
@@ -247,7 +248,7 @@ impl MirrorFs {
     fn repair_leaf(&self, ino: Ino, s: &Replica, t: &Replica) -> Step<()> {
         let _order = self.order(&[ino]);
         let _names = self.names_of(&[ino]);
-        let want = src(self.snapshot_on(s, ino).and_then(present))?;
+        let want = src(self.snapshot_on(s, ino).and_then(present))?.for_target(t);
         let have = tgt(self.snapshot_on(t, ino))?;
         let same_object = have.as_ref().is_some_and(|h| {
             h.kind() == want.kind() && h.target == want.target && h.st.st_rdev == want.st.st_rdev
@@ -391,7 +392,7 @@ impl MirrorFs {
         let size = src(self.on(s, "repair", move |_, _| sys::fstat(from.as_fd())))?.st_size as u64;
         let want = {
             let _names = self.names_of(&[ino]);
-            src(self.snapshot_on(s, ino).and_then(present))?
+            src(self.snapshot_on(s, ino).and_then(present))?.for_target(t)
         };
         let to = to.clone();
         tgt(self.on(t, "repair", move |_, _| {
@@ -448,6 +449,7 @@ impl MirrorFs {
             Ok((want, snaps))
         }))?;
         let (want, there) = there;
+        let there: Vec<_> = there.into_iter().map(|snap| snap.for_target(t)).collect();
         let wanted = want.clone();
         let here = self.on(t, "repair", move |fs, t| {
             let on_t = match fs.open_dir_itself(t, dir) {
