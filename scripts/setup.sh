@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages mirrorfs's build, tests and demo need on Debian 12, if
 # they are missing: attr and acl (the tests drive xattrs and ACLs with their tools), and
-# any further packages named as arguments (the benchmark's fio, bindfs, mergerfs).
+# any further packages named as arguments (the benchmark's fio and mergerfs; the tests'
+# bindfs, and sshfs, openssh-server, iproute2 and xfsprogs for replicas on another host
+# and on another filesystem).
 # The FUSE kernel module and /dev/fuse come with the kernel; mounting as root needs no
 # fusermount.
 set -euo pipefail

@@ -8,5 +8,5 @@ if [[ $(id -u) -ne 0 ]]; then
   echo "test: run as root (the tests mount FUSE filesystems and switch users)" >&2
   exit 1
 fi
-scripts/setup.sh bindfs
+scripts/setup.sh bindfs sshfs openssh-server iproute2 xfsprogs
 cargo test --all-targets "$@"

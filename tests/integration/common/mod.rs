@@ -4,11 +4,14 @@
 #![allow(dead_code)]
 
 pub mod faultfs;
+pub mod remote;
 pub mod tree;
 
 use faultfs::{FaultMount, Faults};
+use remote::RemoteHost;
 
 use std::ffi::{CString, OsStr};
+use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -96,6 +99,8 @@ pub struct Mirror {
     faulty: Vec<(usize, FaultMount)>,
     /// bindfs daemons serving replicas (in the foreground), stopped after the mirror.
     bindfs: Vec<(usize, std::process::Child)>,
+    /// Remote hosts serving replicas over sshfs, torn down after the mirror.
+    remotes: Vec<(usize, RemoteHost)>,
     /// tmpfs and bind mounts made for replicas, unmounted after the mirror.
     mounts: Vec<PathBuf>,
 }
@@ -108,6 +113,8 @@ pub struct Setup {
     faulty: Vec<usize>,
     bind: Vec<usize>,
     bindfs: Vec<usize>,
+    sshfs: Vec<usize>,
+    filesystems: Vec<(usize, &'static str)>,
 }
 
 impl Setup {
@@ -148,6 +155,19 @@ impl Setup {
         self
     }
 
+    /// Replica `i` is a fresh filesystem of `kind` ("xfs", "btrfs") on a loop device.
+    pub fn filesystem(mut self, i: usize, kind: &'static str) -> Setup {
+        self.filesystems.push((i, kind));
+        self
+    }
+
+    /// Replica `i` is a directory on a remote host of its own (see [`RemoteHost`]),
+    /// mounted with sshfs; [`Mirror::remote`] cuts and restores its link.
+    pub fn sshfs(mut self, i: usize) -> Setup {
+        self.sshfs.push(i);
+        self
+    }
+
     pub fn mount(self) -> Mirror {
         let dir = tempfile::Builder::new()
             .prefix("mirrorfs-test-")
@@ -169,6 +189,7 @@ impl Setup {
             pid: None,
             faulty: Vec::new(),
             bindfs: Vec::new(),
+            remotes: Vec::new(),
             mounts: Vec::new(),
         };
         for &i in &self.bind {
@@ -208,6 +229,27 @@ impl Setup {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        for &(i, kind) in &self.filesystems {
+            // xfs wants 300 MiB at least; the image is sparse.
+            let image = m.dir.path().join(format!("image{i}"));
+            fs::File::create(&image)
+                .unwrap()
+                .set_len(320 << 20)
+                .unwrap();
+            run(Command::new(format!("mkfs.{kind}")).arg("-q").arg(&image));
+            run(Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&image)
+                .arg(&m.replicas[i]));
+            m.mounts.push(m.replicas[i].clone());
+        }
+        for &i in &self.sshfs {
+            let backing = m.dir.path().join(format!("backing{i}"));
+            std::fs::create_dir(&backing).unwrap();
+            let mut host = RemoteHost::start();
+            host.mount(&backing, &m.replicas[i]);
+            m.remotes.push((i, host));
+        }
         m.mount();
         m
     }
@@ -231,7 +273,19 @@ impl Mirror {
             faulty: Vec::new(),
             bind: Vec::new(),
             bindfs: Vec::new(),
+            sshfs: Vec::new(),
+            filesystems: Vec::new(),
         }
+    }
+
+    /// The remote host serving replica `i` (made with [`Setup::sshfs`]).
+    pub fn remote(&self, i: usize) -> &RemoteHost {
+        &self
+            .remotes
+            .iter()
+            .find(|(j, _)| *j == i)
+            .expect("replica is on a remote host")
+            .1
     }
 
     /// The fault controls of replica `i` (made with [`Setup::faulty`]).
@@ -430,7 +484,11 @@ impl Drop for Mirror {
             // SAFETY: signalling the test's own child process.
             unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
         }
+        for (_, host) in &self.remotes {
+            host.restore_quietly();
+        }
         self.stop_daemon();
+        self.remotes.clear();
         self.faulty.clear();
         for (i, mut child) in self.bindfs.drain(..) {
             let p = cstr(&self.replicas[i]);

@@ -36,9 +36,12 @@ fn xattrs(path: &Path) -> BTreeMap<OsString, Vec<u8>> {
     if n <= 0 {
         return out;
     }
+    // xfs lists its ACLs to root a second time, under these names; the mirror does not
+    // carry them (see `is_backing_internal`).
+    let internal = |n: &[u8]| n == b"trusted.SGI_ACL_FILE" || n == b"trusted.SGI_ACL_DEFAULT";
     for name in names[..n as usize]
         .split(|&b| b == 0)
-        .filter(|n| !n.is_empty())
+        .filter(|n| !n.is_empty() && !internal(n))
     {
         let cname = std::ffi::CString::new(name).unwrap();
         let mut value = vec![0u8; 65536];
@@ -87,7 +90,10 @@ pub fn snapshot(root: &Path, replica: bool) -> Snapshot {
                 let t = std::fs::read_link(&path).unwrap();
                 ("symlink", t.as_os_str().as_bytes().to_vec())
             } else if ft.is_file() {
-                ("file", std::fs::read(&path).unwrap())
+                (
+                    "file",
+                    std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display())),
+                )
             } else if ft.is_fifo() {
                 ("fifo", Vec::new())
             } else if ft.is_socket() {
