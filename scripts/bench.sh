@@ -12,6 +12,8 @@
 #   mirrorfs-async  a 2-replica mirror, --mode async
 #   bindfs          bindfs over one directory (a mature single-copy FUSE passthrough)
 #   mergerfs        mergerfs over one directory (a popular FUSE union), default options
+#   baseline-sync   with --baseline BIN: mirrorfs-sync served by another mirrorfs binary
+#                   (a build of an earlier commit), to measure a change against it
 # Workloads:
 #   seqwrite             fio, sequential 1 MiB writes, fsync at the end (MiB/s)
 #   seqread-cold/-warm   fio, reading that file back after dropping caches, then again
@@ -21,7 +23,9 @@
 #   untar, rm            a generated source-like tree (~7,300 entries, ~70 MB), seconds
 #
 # Usage: scripts/bench.sh [--quick] [--rounds N] [--dir DIR] [--targets "A B ..."]
+#                        [--baseline BIN] [--groups "seq rand meta tree"]
 #   --quick   one round at smaller sizes (about 2 minutes)
+#   --groups  which workload groups run (default all four)
 #   --dir     where everything goes (default /var/tmp/mirrorfs-bench; it must be on the
 #             disk to measure, not tmpfs)
 set -euo pipefail
@@ -31,12 +35,16 @@ quick=0
 rounds=3
 base=/var/tmp/mirrorfs-bench
 targets="native native2 mirrorfs-sync mirrorfs-async bindfs mergerfs"
+baseline=""
+groups=(seq rand meta tree)
 while (($#)); do
   case "$1" in
     --quick) quick=1 ;;
     --rounds) rounds="$2"; shift ;;
     --dir) base="$2"; shift ;;
     --targets) targets="$2"; shift ;;
+    --baseline) baseline="$(realpath "$2")"; shift ;;
+    --groups) read -r -a groups <<<"$2"; shift ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -52,6 +60,9 @@ else
   seq_size=2G; rand_size=256M; rand_time=3; meta_files=20000; tree_scale=1
 fi
 
+if [[ -n "$baseline" && " $targets " != *" baseline-sync "* ]]; then
+  targets="$targets baseline-sync"
+fi
 scripts/setup.sh fio bindfs mergerfs
 cargo build --release --quiet
 bin="$PWD/target/release/mirrorfs"
@@ -87,6 +98,10 @@ prepare() {
       mkdir -p "$d/r1" "$d/r2" "$d/mnt"
       "$bin" mount --mode "${t#mirrorfs-}" --log-file "$d/log" "$d/r1" "$d/r2" "$d/mnt"
       echo "$d/mnt" ;;
+    baseline-*)
+      mkdir -p "$d/r1" "$d/r2" "$d/mnt"
+      "$baseline" mount --mode "${t#baseline-}" --log-file "$d/log" "$d/r1" "$d/r2" "$d/mnt"
+      echo "$d/mnt" ;;
     bindfs)
       mkdir -p "$d/src" "$d/mnt"
       bindfs "$d/src" "$d/mnt"
@@ -102,7 +117,11 @@ prepare() {
 finish() {
   local m="$base/$1/mnt"
   if mountpoint -q "$m" 2>/dev/null; then
-    if [[ "$1" == mirrorfs-* ]]; then "$bin" umount "$m" >/dev/null; else umount "$m"; fi
+    case "$1" in
+      mirrorfs-*) "$bin" umount "$m" >/dev/null ;;
+      baseline-*) "$baseline" umount "$m" >/dev/null ;;
+      *) umount "$m" ;;
+    esac
   fi
 }
 
@@ -163,11 +182,16 @@ run() {
   python3 "$helpers/collect.py" "$base" "$t" "${#dirs[@]}" >>"$results"
 }
 
-groups=(seq rand meta tree)
+# Each round starts one target further on (A B C, B C A, ...): a target run right after
+# another's heavy deletes finds the disk in a different state (ext4 reuses the freed
+# inodes), which would otherwise always favour or penalize the same one.
+read -r -a order <<<"$targets"
 started=$(date +%s)
 for ((round = 1; round <= rounds; round++)); do
+  shift_by=$(((round - 1) % ${#order[@]}))
+  rotated=("${order[@]:shift_by}" "${order[@]:0:shift_by}")
   for g in "${groups[@]}"; do
-    for t in $targets; do
+    for t in "${rotated[@]}"; do
       rm -f "$base"/out.*
       run "$g" "$t"
       echo "round $round: $g on $t done ($(($(date +%s) - started)) s)" >&2

@@ -1,6 +1,7 @@
 """Prints the benchmark table: per measure, the median over the rounds on every target,
 mirrorfs's ratio to the reference the targets name (native for reads and stat, native2
-for everything that writes), and whether mirrorfs beats both single-copy FUSE peers.
+for everything that writes), whether mirrorfs beats both single-copy FUSE peers, and, when
+a baseline binary ran, mirrorfs-sync's ratio to it (the median of the rounds' ratios).
 
 Usage: report.py RESULTS ROUNDS DESCRIPTION"""
 
@@ -20,11 +21,14 @@ unit = {"seqwrite": "MiB/s", "seqread-cold": "MiB/s", "seqread-warm": "MiB/s",
         "rename": "files/s", "unlink": "files/s"}
 reads = {"seqread-cold", "seqread-warm", "randread-1", "randread-4", "stat"}
 targets = [t for t in ["native", "native2", "mirrorfs-sync", "mirrorfs-async", "bindfs",
-                       "mergerfs"] if any(k[1] == t for k in med)]
+                       "mergerfs", "baseline-sync"] if any(k[1] == t for k in med)]
+baseline = "baseline-sync" in targets
 print(f"Median of {rounds} interleaved round(s); {description}. native2 and mirrorfs "
       "figures are per copy; untar and rm in seconds (lower is better), the rest rates.")
 print()
 head = ["measure"] + targets + ["sync / ref", "async / ref", "sync beats peers"]
+if baseline:
+    head.append("sync / baseline")
 print("| " + " | ".join(head) + " |")
 print("|" + "---|" * len(head))
 
@@ -53,5 +57,12 @@ for m in order:
         ok = all(s < med[(m, p)] if is_time else s > med[(m, p)] for p in peers)
         beats = "yes" if ok else "no"
     label = f"{m} ({unit.get(m, 'IOPS')})"
-    print("| " + " | ".join([label] + cells + [ratio("mirrorfs-sync"),
-                                              ratio("mirrorfs-async"), beats]) + " |")
+    row = [label] + cells + [ratio("mirrorfs-sync"), ratio("mirrorfs-async"), beats]
+    if baseline:
+        # The median of the rounds' own ratios: each round runs both targets back to
+        # back, so the drift between rounds (larger here than the effects measured)
+        # cancels. Above 1 is better than the baseline (for times: baseline / mirrorfs).
+        pairs = list(zip(runs.get((m, "mirrorfs-sync"), []), runs.get((m, "baseline-sync"), [])))
+        ratios = [b / s if is_time else s / b for s, b in pairs if s and b]
+        row.append(f"{statistics.median(ratios):.2f}" if ratios else "")
+    print("| " + " | ".join(row) + " |")
