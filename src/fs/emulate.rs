@@ -64,3 +64,66 @@ fn exchange(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::Features;
+    use crate::names::META_DIR;
+    use std::fs;
+    use std::os::fd::OwnedFd;
+
+    /// A replica over a fresh directory whose filesystem is taken to lack rename flags,
+    /// and the descriptor of its root for the calls.
+    fn lacking_flags() -> (tempfile::TempDir, Replica, OwnedFd) {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join(META_DIR)).unwrap();
+        let open = |p: &std::path::Path| OwnedFd::from(fs::File::open(p).unwrap());
+        let mut r = Replica::new(0, dir.path(), open(dir.path()));
+        r.features = Features {
+            rename_noreplace: false,
+            rename_exchange: false,
+            ..Features::default()
+        };
+        let root = open(dir.path());
+        (dir, r, root)
+    }
+
+    fn name(s: &str) -> &OsStr {
+        OsStr::new(s)
+    }
+
+    #[test]
+    fn a_rename_that_must_not_replace_is_refused_over_a_name_and_made_elsewhere() {
+        let (dir, r, root) = lacking_flags();
+        fs::write(dir.path().join("a"), "a").unwrap();
+        fs::write(dir.path().join("b"), "b").unwrap();
+        let d = root.as_fd();
+        let err = rename(&r, d, name("a"), d, name("b"), libc::RENAME_NOREPLACE).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EEXIST));
+        assert_eq!(fs::read(dir.path().join("b")).unwrap(), b"b");
+        rename(&r, d, name("a"), d, name("c"), libc::RENAME_NOREPLACE).unwrap();
+        assert_eq!(fs::read(dir.path().join("c")).unwrap(), b"a");
+        assert!(!dir.path().join("a").exists());
+    }
+
+    #[test]
+    fn an_exchange_swaps_a_file_and_a_directory_and_leaves_nothing_parked() {
+        let (dir, r, root) = lacking_flags();
+        fs::write(dir.path().join("f"), "file").unwrap();
+        fs::create_dir(dir.path().join("d")).unwrap();
+        fs::write(dir.path().join("d/inner"), "inner").unwrap();
+        let d = root.as_fd();
+        rename(&r, d, name("f"), d, name("d"), libc::RENAME_EXCHANGE).unwrap();
+        assert_eq!(fs::read(dir.path().join("d")).unwrap(), b"file");
+        assert_eq!(fs::read(dir.path().join("f/inner")).unwrap(), b"inner");
+        let parked: Vec<_> = fs::read_dir(dir.path().join(META_DIR).join("tmp"))
+            .unwrap()
+            .collect();
+        assert!(parked.is_empty(), "{parked:?}");
+        // An exchange with a missing name fails and changes nothing.
+        let err = rename(&r, d, name("f"), d, name("gone"), libc::RENAME_EXCHANGE).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        assert!(dir.path().join("f/inner").exists());
+    }
+}
