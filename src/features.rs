@@ -34,6 +34,9 @@ pub struct Features {
     pub special_files: bool,
     /// Times are kept to the nanosecond (SFTP keeps whole seconds).
     pub fine_times: bool,
+    /// A symlink's own owner and times can be set (sshfs sets the target's instead:
+    /// SFTP's setstat follows symlinks).
+    pub symlink_attrs: bool,
 }
 
 impl Default for Features {
@@ -47,6 +50,7 @@ impl Default for Features {
             owners: true,
             special_files: true,
             fine_times: true,
+            symlink_attrs: true,
         }
     }
 }
@@ -70,7 +74,7 @@ impl Features {
         let dir = sys::openat(scratch, name, libc::O_PATH | libc::O_DIRECTORY, 0);
         let found = dir.and_then(|dir| {
             let found = Features::probe_in(dir.as_fd());
-            for leftover in ["a", "b", "c", "l", "p"] {
+            for leftover in ["a", "b", "c", "l", "p", "s"] {
                 let _ = sys::unlinkat(dir.as_fd(), OsStr::new(leftover), false);
             }
             found
@@ -125,6 +129,18 @@ impl Features {
         };
         at.utimens(Time::At(fine), Time::At(fine))?;
         let fine_times = sys::statat(dir, c)?.st_mtime_nsec == 123_456_789;
+        // The link's own time set, its target's left alone.
+        let s = OsStr::new("s");
+        sys::symlinkat(OsStr::new("c"), dir, s)?;
+        let later = libc::timespec {
+            tv_sec: 1_200_000_000,
+            tv_nsec: 0,
+        };
+        let before = sys::statat(dir, c)?.st_mtime;
+        let symlink_attrs =
+            supported(Object::At(dir, s).utimens(Time::At(later), Time::At(later)))?
+                && sys::statat(dir, s)?.st_mtime == later.tv_sec
+                && sys::statat(dir, c)?.st_mtime == before;
         Ok(Features {
             rename_noreplace,
             rename_exchange,
@@ -133,6 +149,7 @@ impl Features {
             owners,
             special_files,
             fine_times,
+            symlink_attrs,
         })
     }
 
@@ -157,6 +174,9 @@ impl Features {
         if !self.fine_times {
             out.push("sub-second times");
         }
+        if !self.symlink_attrs {
+            out.push("symlink owners and times");
+        }
         out.into_iter().map(String::from).collect()
     }
 }
@@ -176,7 +196,8 @@ mod tests {
         let (dir, fd) = scratch();
         let found = Features::probe(fd.as_fd()).unwrap();
         assert!(found.rename_noreplace && found.rename_exchange && found.hard_links);
-        // tmpfs and ext4 keep user xattrs; owners as root only.
+        assert!(found.xattrs && found.special_files && found.fine_times && found.symlink_attrs);
+        // Owners as root only.
         // SAFETY: geteuid cannot fail.
         let root = unsafe { libc::geteuid() } == 0;
         assert_eq!(found.owners, root);

@@ -92,6 +92,17 @@ pub fn timespec(t: SystemTime) -> Time {
     Time::At(ts)
 }
 
+/// `t` to the whole second below it.
+pub fn to_the_second(t: Time) -> Time {
+    match t {
+        Time::At(ts) => Time::At(libc::timespec {
+            tv_sec: ts.tv_sec,
+            tv_nsec: 0,
+        }),
+        Time::Omit => Time::Omit,
+    }
+}
+
 /// The access and modification times of a `stat`, as `utimensat` arguments.
 pub fn times_of(st: &Stat) -> (Time, Time) {
     (

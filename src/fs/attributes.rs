@@ -105,6 +105,22 @@ impl MirrorFs {
         Ok(attr::file_attr(ino, &st))
     }
 
+    /// Whether some replica keeps times to the second only (sshfs): every replica is then
+    /// given times to the second, so that all hold the same ones and a read served by any
+    /// shows them.
+    pub(crate) fn coarse_times(&self) -> bool {
+        self.replicas.iter().any(|r| !r.features.fine_times)
+    }
+
+    /// Time `t` as every replica can keep it.
+    pub(crate) fn kept(&self, t: Time) -> Time {
+        if self.coarse_times() {
+            attr::to_the_second(t)
+        } else {
+            t
+        }
+    }
+
     pub async fn setattr(
         &self,
         ino: Ino,
@@ -118,7 +134,10 @@ impl MirrorFs {
             Some(TimeOrNow::Now) => now,
             Some(TimeOrNow::SpecificTime(t)) => attr::timespec(t),
         };
-        let (atime, mtime) = (time(changes.atime), time(changes.mtime));
+        let (atime, mtime) = (
+            self.kept(time(changes.atime)),
+            self.kept(time(changes.mtime)),
+        );
         let _order = self.order_drained(&[ino]);
         let _names = self.names_of(&[ino]);
         let targets = self.fresh(ino);
@@ -133,8 +152,14 @@ impl MirrorFs {
             h.wrote.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let h = handle.clone();
+        let link = self.table().kind(ino) == Some(fuser::FileType::Symlink);
         let fanned = self
             .apply("setattr", targets, How::InTurn, move |fs, r| {
+                // A link's owner and times are left as they are where setting them would
+                // change its target's (see `Features::symlink_attrs`).
+                if link && !r.features.symlink_attrs {
+                    return Ok(());
+                }
                 fs.with_object(r, ino, h.as_deref(), |obj| {
                     changes.apply(&obj, atime, mtime)
                 })
@@ -215,13 +240,17 @@ impl MirrorFs {
             return Vec::new();
         };
         let (_, mtime) = attr::times_of(&st);
+        let mtime = self.kept(mtime);
+        // The source has that mtime already, unless it must be made coarser there too.
+        let targets = if self.coarse_times() {
+            set
+        } else {
+            set & !(1 << source)
+        };
         let fanned = self
-            .apply(
-                "setattr",
-                set & !(1 << source),
-                How::InTurn,
-                move |fs, r| fs.with_object(r, ino, None, |obj| obj.utimens(Time::Omit, mtime)),
-            )
+            .apply("setattr", targets, How::InTurn, move |fs, r| {
+                fs.with_object(r, ino, None, |obj| obj.utimens(Time::Omit, mtime))
+            })
             .await;
         fanned
             .results

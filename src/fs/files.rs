@@ -179,7 +179,7 @@ impl MirrorFs {
         // The kernel asks to create only names it believes absent; one that exists on
         // every replica was made behind the mirror's back and is not opened unchecked.
         let (attr, fds) = self
-            .create_node("create", parent, name, move |dir, name| {
+            .create_node("create", parent, name, move |_, dir, name| {
                 let fd = sys::openat(
                     dir,
                     name,
@@ -378,6 +378,18 @@ impl MirrorFs {
             return;
         };
         let (atime, mtime) = attr::times_of(&st);
+        let (atime, mtime) = (self.kept(atime), self.kept(mtime));
+        // The source has finer times than another replica keeps: it gets the coarse ones.
+        let mut at_source = Vec::new();
+        if self.coarse_times() {
+            let handle = h.clone();
+            at_source = self
+                .apply("utimens", 1 << source, How::InTurn, move |fs, r| {
+                    sys::futimens(fs.handle_fd(&handle, r)?.as_fd(), atime, mtime)
+                })
+                .await
+                .diverged;
+        }
         let others = set & !(1 << source);
         let handle = h.clone();
         let queued = self.queue("utimens", others, Scope::Meta(h.ino), 0, &flight, {
@@ -386,7 +398,7 @@ impl MirrorFs {
                 sys::futimens(fd.as_fd(), atime, mtime)
             }
         });
-        let (ok, attempted, diverged) = match queued {
+        let (ok, attempted, mut diverged) = match queued {
             Some(marked) => (true, set, marked),
             None => {
                 let handle = h.clone();
@@ -402,6 +414,7 @@ impl MirrorFs {
         };
         // A replica that failed is marked (below) and repaired: nothing to retry here.
         h.wrote.store(false, Ordering::Relaxed);
+        diverged.extend(at_source);
         let _ = self.settle("utimens", ok, attempted, &diverged, &[Scope::Meta(h.ino)]);
     }
 

@@ -95,8 +95,8 @@ impl Ownership {
     /// Gives the new node one creation time on every replica, for nodes whose times no
     /// later change makes equal (symlinks and anything mknod makes; files made by create
     /// get theirs when closed).
-    pub(crate) fn with_creation_time(mut self) -> Ownership {
-        self.times = Some(attr::timespec(SystemTime::now()));
+    pub(crate) fn with_creation_time(mut self, fs: &MirrorFs) -> Ownership {
+        self.times = Some(fs.kept(attr::timespec(SystemTime::now())));
         self
     }
 }
@@ -245,7 +245,7 @@ impl MirrorFs {
         op: &'static str,
         parent: Ino,
         name: &OsStr,
-        make: impl Fn(BorrowedFd<'_>, &OsStr) -> io::Result<T> + Send + Sync + 'static,
+        make: impl Fn(&Replica, BorrowedFd<'_>, &OsStr) -> io::Result<T> + Send + Sync + 'static,
     ) -> io::Result<(FileAttr, Vec<(usize, T)>)> {
         self.check_name(parent, name)?;
         let targets = self.fresh(parent);
@@ -257,7 +257,7 @@ impl MirrorFs {
         let fanned = self
             .apply_namespace(op, targets, move |fs, r| {
                 let dir = fs.dir_fd(r, parent)?;
-                let made = make(dir.as_fd(), &owned)?;
+                let made = make(r, dir.as_fd(), &owned)?;
                 let st = (Some(r.index) == first).then(|| sys::statat(dir.as_fd(), &owned));
                 Ok((made, st))
             })
@@ -340,7 +340,7 @@ impl MirrorFs {
             .plan_creation(parent, caller, mode, umask, FileType::Directory)
             .await?;
         let (attr, _) = self
-            .create_node("mkdir", parent, name, move |dir, name| {
+            .create_node("mkdir", parent, name, move |_, dir, name| {
                 sys::mkdirat(dir, name, mode & 0o7777)?;
                 owner.apply(dir, name, true)
             })
@@ -366,9 +366,9 @@ impl MirrorFs {
         let (owner, mode) = self
             .plan_creation(parent, caller, mode, umask, kind)
             .await?;
-        let owner = owner.with_creation_time();
+        let owner = owner.with_creation_time(self);
         let (attr, _) = self
-            .create_node("mknod", parent, name, move |dir, name| {
+            .create_node("mknod", parent, name, move |_, dir, name| {
                 sys::mknodat(dir, name, mode, rdev as u64)?;
                 owner.apply(dir, name, false)
             })
@@ -386,12 +386,17 @@ impl MirrorFs {
         let (owner, _) = self
             .plan_creation(parent, caller, 0o777, 0, FileType::Symlink)
             .await?;
-        let owner = owner.with_creation_time();
+        let owner = owner.with_creation_time(self);
         let target = target.as_os_str().to_os_string();
         let (attr, _) = self
-            .create_node("symlink", parent, name, move |dir, name| {
+            .create_node("symlink", parent, name, move |r, dir, name| {
                 sys::symlinkat(&target, dir, name)?;
-                owner.apply(dir, name, false)
+                // Where a link's owner and times cannot be set, setting them would change
+                // its target's: the link keeps what the replica gave it.
+                if r.features.symlink_attrs {
+                    owner.apply(dir, name, false)?;
+                }
+                Ok(())
             })
             .await?;
         Ok(attr)

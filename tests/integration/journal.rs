@@ -89,7 +89,13 @@ fn a_restart_repairs_only_what_the_journal_recorded() {
     m.mount();
     m.wait_in_sync();
     m.assert_in_sync();
-    let log = m.log();
+    // The repair thread logs its end just after the replica is back in sync.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut log = m.log();
+    while !log.contains("repair done") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        log = m.log();
+    }
     assert!(
         log.contains("repair brings it the paths the journal recorded")
             && log.contains("repair done"),

@@ -28,6 +28,9 @@ pub struct Snapshot {
     pub xattrs: Vec<(OsString, Vec<u8>)>,
     /// A symlink's target.
     pub target: Option<Vec<u8>>,
+    /// Whether owner and times are copied and compared: not for a symlink on a replica
+    /// that cannot set a link's own (see [`Snapshot::for_target`]).
+    pub owner_and_times: bool,
 }
 
 impl Snapshot {
@@ -45,12 +48,14 @@ impl Snapshot {
             st,
             xattrs: obj.xattrs()?,
             target,
+            owner_and_times: true,
         })
     }
 
     /// The snapshot as `target` can hold it: without xattrs on a replica whose filesystem
     /// has none (the mirror refuses them then, so only ones made before it spanned such a
-    /// replica are dropped), with times to the second on one that keeps no finer.
+    /// replica are dropped), with times to the second on one that keeps no finer, and a
+    /// symlink without owner and times where setting those would change its target's.
     pub fn for_target(mut self, target: &Replica) -> Snapshot {
         if !target.features.xattrs {
             self.xattrs.clear();
@@ -58,6 +63,9 @@ impl Snapshot {
         if !target.features.fine_times {
             self.st.st_atime_nsec = 0;
             self.st.st_mtime_nsec = 0;
+        }
+        if self.kind() == libc::S_IFLNK && !target.features.symlink_attrs {
+            self.owner_and_times = false;
         }
         self
     }
@@ -71,6 +79,7 @@ impl Snapshot {
         self.same_but_contents(other)
             && (kind == libc::S_IFDIR || a.st_size == b.st_size)
             && (kind == libc::S_IFDIR
+                || !self.owner_and_times
                 || (a.st_mtime, a.st_mtime_nsec) == (b.st_mtime, b.st_mtime_nsec))
     }
 
@@ -80,7 +89,7 @@ impl Snapshot {
         let (a, b) = (&self.st, &other.st);
         self.kind() == other.kind()
             && a.st_mode == b.st_mode
-            && (a.st_uid, a.st_gid) == (b.st_uid, b.st_gid)
+            && (!self.owner_and_times || (a.st_uid, a.st_gid) == (b.st_uid, b.st_gid))
             && a.st_rdev == b.st_rdev
             && self.target == other.target
             && self.xattrs == other.xattrs
@@ -89,11 +98,16 @@ impl Snapshot {
     /// Makes `obj`'s attributes this snapshot's: owner, mode, xattrs, then times (last,
     /// since the others change the ctime only).
     pub fn apply_to(&self, obj: &Object<'_>) -> io::Result<()> {
-        obj.chown(Some(self.st.st_uid), Some(self.st.st_gid))?;
+        if self.owner_and_times {
+            obj.chown(Some(self.st.st_uid), Some(self.st.st_gid))?;
+        }
         if self.kind() != libc::S_IFLNK {
             obj.chmod(self.st.st_mode & 0o7777)?;
         }
         obj.set_xattrs(&self.xattrs)?;
+        if !self.owner_and_times {
+            return Ok(());
+        }
         let (atime, mtime) = attr::times_of(&self.st);
         obj.utimens(atime, mtime)
     }
