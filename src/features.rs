@@ -115,32 +115,33 @@ impl Features {
         let at = Object::At(dir, c);
         let xattrs = supported(at.set_xattrs(&[(probe_attr.to_os_string(), b"1".to_vec())]))?
             && at.xattrs()?.iter().any(|(n, _)| n == probe_attr);
-        // An owner no one is likely to be: the replica keeps it only if it lets root give
-        // files away (sshfs as another user, or squashing NFS, does not).
-        let st = sys::statat(dir, c)?;
-        let other = st.st_uid.wrapping_add(1).max(1);
-        let owners =
-            supported(at.chown(Some(other), None))? && sys::statat(dir, c)?.st_uid == other;
         let special_files =
             supported(sys::mknodat(dir, OsStr::new("p"), libc::S_IFIFO | 0o600, 0))?;
         let fine = libc::timespec {
             tv_sec: 1_000_000_000,
             tv_nsec: 123_456_789,
         };
-        at.utimens(Time::At(fine), Time::At(fine))?;
-        let fine_times = sys::statat(dir, c)?.st_mtime_nsec == 123_456_789;
-        // The link's own time set, its target's left alone.
+        // Times before the owner changes, while the file is still the daemon's own.
+        let fine_times = supported(at.utimens(Time::At(fine), Time::At(fine)))?
+            && sys::statat(dir, c)?.st_mtime_nsec == 123_456_789;
+        // The link's own time set, its target's left alone (a filesystem without symlinks
+        // has no such times to keep).
         let s = OsStr::new("s");
-        sys::symlinkat(OsStr::new("c"), dir, s)?;
         let later = libc::timespec {
             tv_sec: 1_200_000_000,
             tv_nsec: 0,
         };
         let before = sys::statat(dir, c)?.st_mtime;
-        let symlink_attrs =
-            supported(Object::At(dir, s).utimens(Time::At(later), Time::At(later)))?
-                && sys::statat(dir, s)?.st_mtime == later.tv_sec
-                && sys::statat(dir, c)?.st_mtime == before;
+        let symlink_attrs = supported(sys::symlinkat(OsStr::new("c"), dir, s))?
+            && supported(Object::At(dir, s).utimens(Time::At(later), Time::At(later)))?
+            && sys::statat(dir, s)?.st_mtime == later.tv_sec
+            && sys::statat(dir, c)?.st_mtime == before;
+        // An owner no one is likely to be: the replica keeps it only if it lets root give
+        // files away (sshfs as another user, or squashing NFS, does not).
+        let st = sys::statat(dir, c)?;
+        let other = st.st_uid.wrapping_add(1).max(1);
+        let owners =
+            supported(at.chown(Some(other), None))? && sys::statat(dir, c)?.st_uid == other;
         Ok(Features {
             rename_noreplace,
             rename_exchange,

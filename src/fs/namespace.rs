@@ -533,6 +533,17 @@ impl MirrorFs {
             return Err(io::Error::from_raw_os_error(libc::ENOENT));
         }
         self.check_name(new_parent, new_name)?;
+        // Flags beyond the two mirrorfs provides (RENAME_WHITEOUT) are refused alike when
+        // a replica lacks rename flags, rather than made on some replicas only.
+        let provided = libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE;
+        if flags & !provided != 0
+            && !self
+                .replicas
+                .iter()
+                .all(|r| r.features.rename_noreplace && r.features.rename_exchange)
+        {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         let (targets, moving, displaced, dir_moves) = {
             let t = self.table();

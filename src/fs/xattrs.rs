@@ -7,6 +7,7 @@
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
 
 use crate::fs::engine::How;
 use crate::fs::inode::Ino;
@@ -18,8 +19,9 @@ const XATTR_MAX: usize = 64 * 1024;
 
 /// Names under which a backing filesystem lists, to root, what it also shows as a
 /// standard attribute: xfs keeps POSIX ACLs as `trusted.SGI_ACL_*`, the same ACLs as
-/// `system.posix_acl_*`. They are neither listed through the mount nor copied by repair,
-/// so a replica on xfs and one on ext4 hold the same attributes.
+/// `system.posix_acl_*`. They are neither listed nor read, set or removed through the
+/// mount, nor copied by repair, so a replica on xfs and one on ext4 hold the same
+/// attributes.
 pub fn is_backing_internal(name: &[u8]) -> bool {
     matches!(name, b"trusted.SGI_ACL_FILE" | b"trusted.SGI_ACL_DEFAULT")
 }
@@ -58,6 +60,9 @@ impl MirrorFs {
 
     pub async fn getxattr(&self, ino: Ino, name: &OsStr, size: u32) -> io::Result<XattrReply> {
         self.xattrs_held()?;
+        if is_backing_internal(name.as_bytes()) {
+            return Err(io::Error::from_raw_os_error(libc::ENODATA));
+        }
         let _names = self.names_of(&[ino]);
         let name = name.to_os_string();
         let value = self
@@ -111,6 +116,9 @@ impl MirrorFs {
         value: &[u8],
         flags: i32,
     ) -> io::Result<()> {
+        if is_backing_internal(name.as_bytes()) {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
         let (name, value) = (name.to_os_string(), value.to_vec());
         self.change_xattrs("setxattr", ino, move |obj| {
             sys::xattr::set(obj, &name, &value, flags)
@@ -119,6 +127,9 @@ impl MirrorFs {
     }
 
     pub async fn removexattr(&self, ino: Ino, name: &OsStr) -> io::Result<()> {
+        if is_backing_internal(name.as_bytes()) {
+            return Err(io::Error::from_raw_os_error(libc::ENODATA));
+        }
         let name = name.to_os_string();
         self.change_xattrs("removexattr", ino, move |obj| {
             sys::xattr::remove(obj, &name)

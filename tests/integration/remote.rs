@@ -130,6 +130,11 @@ fn a_replica_on_another_host_ends_identical_after_the_full_workload() {
         renameat2(&m, "a", "d/f3.moved", libc::RENAME_NOREPLACE),
         libc::EEXIST
     );
+    // A flag mirrorfs cannot provide there is refused alike.
+    assert_eq!(
+        renameat2(&m, "a", "d/whited", libc::RENAME_WHITEOUT),
+        libc::EINVAL
+    );
     assert_eq!(renameat2(&m, "a", "b", libc::RENAME_EXCHANGE), 0);
     assert_eq!(fs::read(m.path("a")).unwrap(), b"b");
     assert_eq!(fs::read(m.path("b")).unwrap(), b"a");
