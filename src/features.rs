@@ -154,31 +154,40 @@ impl Features {
         })
     }
 
+    /// What every one of `all` holds: what the mirror over them can offer alike.
+    pub fn common<'a>(all: impl IntoIterator<Item = &'a Features>) -> Features {
+        all.into_iter().fold(Features::default(), |a, b| Features {
+            rename_noreplace: a.rename_noreplace && b.rename_noreplace,
+            rename_exchange: a.rename_exchange && b.rename_exchange,
+            hard_links: a.hard_links && b.hard_links,
+            xattrs: a.xattrs && b.xattrs,
+            owners: a.owners && b.owners,
+            special_files: a.special_files && b.special_files,
+            fine_times: a.fine_times && b.fine_times,
+            symlink_attrs: a.symlink_attrs && b.symlink_attrs,
+        })
+    }
+
+    /// Both rename flags.
+    pub fn rename_flags(&self) -> bool {
+        self.rename_noreplace && self.rename_exchange
+    }
+
     /// The names of what is lacking, for messages ("rename flags", "xattrs", ...).
     pub fn lacking(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if !self.rename_noreplace || !self.rename_exchange {
-            out.push("rename flags (emulated)");
-        }
-        if !self.hard_links {
-            out.push("hard links");
-        }
-        if !self.xattrs {
-            out.push("xattrs");
-        }
-        if !self.owners {
-            out.push("owners");
-        }
-        if !self.special_files {
-            out.push("special files");
-        }
-        if !self.fine_times {
-            out.push("sub-second times");
-        }
-        if !self.symlink_attrs {
-            out.push("symlink owners and times");
-        }
-        out.into_iter().map(String::from).collect()
+        [
+            (self.rename_flags(), "rename flags (emulated)"),
+            (self.hard_links, "hard links"),
+            (self.xattrs, "xattrs"),
+            (self.owners, "owners"),
+            (self.special_files, "special files"),
+            (self.fine_times, "sub-second times"),
+            (self.symlink_attrs, "symlink owners and times"),
+        ]
+        .into_iter()
+        .filter(|(held, _)| !held)
+        .map(|(_, name)| name.to_string())
+        .collect()
     }
 }
 

@@ -109,7 +109,7 @@ impl MirrorFs {
     /// given times to the second, so that all hold the same ones and a read served by any
     /// shows them.
     pub(crate) fn coarse_times(&self) -> bool {
-        self.replicas.iter().any(|r| !r.features.fine_times)
+        !self.features.fine_times
     }
 
     /// Time `t` as every replica can keep it.
@@ -152,7 +152,8 @@ impl MirrorFs {
             h.wrote.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let h = handle.clone();
-        let link = self.table().kind(ino) == Some(fuser::FileType::Symlink);
+        let link = !self.features.symlink_attrs
+            && self.table().kind(ino) == Some(fuser::FileType::Symlink);
         let fanned = self
             .apply("setattr", targets, How::InTurn, move |fs, r| {
                 // A link's owner and times are left as they are where setting them would

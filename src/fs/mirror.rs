@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tracing::{error, warn};
 
+use crate::features::Features;
 use crate::fs::handles::{HandleTable, OpenDir, OpenFile};
 use fuser::FileType;
 
@@ -215,6 +216,9 @@ impl Moves {
 
 pub struct MirrorFs {
     pub(crate) replicas: Vec<Replica>,
+    /// What every replica's filesystem holds, which the mirror offers alike (see
+    /// [`crate::features`]).
+    pub(crate) features: Features,
     /// Which replicas take part, and their generations.
     pub(crate) set: MirrorSet,
     table: Mutex<InodeTable>,
@@ -261,6 +265,7 @@ impl MirrorFs {
         MirrorFs {
             lanes,
             journal: Mutex::new(crate::fs::record::Journal::new(ids)),
+            features: Features::common(replicas.iter().map(|r| &r.features)),
             replicas,
             set,
             table: Mutex::new(InodeTable::new()),

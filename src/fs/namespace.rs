@@ -359,8 +359,7 @@ impl MirrorFs {
     ) -> io::Result<FileAttr> {
         let kind = attr::kind(mode);
         // Refused as by a filesystem that makes none when a replica cannot hold one.
-        if kind != FileType::RegularFile && !self.replicas.iter().all(|r| r.features.special_files)
-        {
+        if kind != FileType::RegularFile && !self.features.special_files {
             return Err(io::Error::from_raw_os_error(libc::EPERM));
         }
         let (owner, mode) = self
@@ -406,7 +405,7 @@ impl MirrorFs {
         self.check_name(new_parent, new_name)?;
         // Refused as by a filesystem without hard links when any replica cannot hold one,
         // rather than made where it can be and missing where it cannot.
-        if !self.replicas.iter().all(|r| r.features.hard_links) {
+        if !self.features.hard_links {
             return Err(io::Error::from_raw_os_error(libc::EPERM));
         }
         let targets = {
@@ -536,12 +535,7 @@ impl MirrorFs {
         // Flags beyond the two mirrorfs provides (RENAME_WHITEOUT) are refused alike when
         // a replica lacks rename flags, rather than made on some replicas only.
         let provided = libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE;
-        if flags & !provided != 0
-            && !self
-                .replicas
-                .iter()
-                .all(|r| r.features.rename_noreplace && r.features.rename_exchange)
-        {
+        if flags & !provided != 0 && !self.features.rename_flags() {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         let exchange = flags & libc::RENAME_EXCHANGE != 0;

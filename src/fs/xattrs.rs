@@ -51,7 +51,7 @@ impl MirrorFs {
     /// from then on, and finds no ACL where it checks permissions (to any other error it
     /// would deny access to every file whose owner is not the caller).
     fn xattrs_held(&self) -> io::Result<()> {
-        if self.replicas.iter().all(|r| r.features.xattrs) {
+        if self.features.xattrs {
             Ok(())
         } else {
             Err(io::Error::from_raw_os_error(libc::ENOSYS))

@@ -6,21 +6,7 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 
-use crate::common::{Mirror, cstr, last_errno};
-
-fn utimens(path: &std::path::Path, times: [libc::timespec; 2], flags: i32) {
-    let p = cstr(path);
-    // SAFETY: valid path and two timespecs.
-    let r = unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), flags) };
-    assert_eq!(r, 0, "utimensat errno {}", last_errno());
-}
-
-fn ts(sec: i64, nsec: i64) -> libc::timespec {
-    libc::timespec {
-        tv_sec: sec,
-        tv_nsec: nsec,
-    }
-}
+use crate::common::{Mirror, cstr, last_errno, ts, utimens};
 
 #[test]
 fn chmod_chown_and_utimens_reach_every_replica() {

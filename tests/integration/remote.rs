@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::common::tree::{self, Snapshot};
-use crate::common::{Mirror, cstr, last_errno, mirrorfs, renameat2};
+use crate::common::{Mirror, cstr, last_errno, mirrorfs, renameat2, ts, utimens};
 
 /// The tree replica `i` holds on its own disk: for the remote one, the directory sshd
 /// serves (sshfs itself reports every file with one link).
@@ -70,18 +70,6 @@ fn assert_identical(m: &Mirror, remote: usize, to_the_second_only: bool) {
             panic!("replica {i} differs from the mount: {diff}");
         }
     }
-}
-
-/// Sets both times of `path` to `secs` with `utimensat(flags)`.
-fn set_times(path: &std::path::Path, secs: i64, flags: i32) {
-    let p = cstr(path);
-    let t = libc::timespec {
-        tv_sec: secs,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid path and two timespecs.
-    let r = unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), [t, t].as_ptr(), flags) };
-    assert_eq!(r, 0, "utimensat {}: {}", path.display(), last_errno());
 }
 
 /// `setxattr` through the mount: 0 or the errno.
@@ -148,13 +136,11 @@ fn a_replica_on_another_host_ends_identical_after_the_full_workload() {
     // A link's own times and owner, which sshfs would set on its target: the target
     // keeps its own on every replica.
     fs::write(m.path("d/target"), b"t").unwrap();
-    set_times(&m.mnt.join("d/target"), 1_000_000_000, 0);
+    let t = ts(1_000_000_000, 0);
+    utimens(&m.path("d/target"), [t, t], 0);
     symlink("target", m.path("d/tlink")).unwrap();
-    set_times(
-        &m.mnt.join("d/tlink"),
-        1_100_000_000,
-        libc::AT_SYMLINK_NOFOLLOW,
-    );
+    let t = ts(1_100_000_000, 0);
+    utimens(&m.path("d/tlink"), [t, t], libc::AT_SYMLINK_NOFOLLOW);
     std::os::unix::fs::lchown(m.path("d/tlink"), Some(1234), Some(1234)).unwrap();
     let on_remote = fs::metadata(m.dir.path().join("backing1/d/target")).unwrap();
     assert_eq!((on_remote.mtime(), on_remote.uid()), (1_000_000_000, 0));

@@ -79,6 +79,21 @@ pub fn renameat2(m: &Mirror, from: &str, to: &str, flags: u32) -> i32 {
     if r == 0 { 0 } else { last_errno() }
 }
 
+/// utimensat(2) of `path` with `times` (access, modification) and `flags`; asserts it worked.
+pub fn utimens(path: &Path, times: [libc::timespec; 2], flags: i32) {
+    let p = cstr(path);
+    // SAFETY: valid path and two timespecs.
+    let r = unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), flags) };
+    assert_eq!(r, 0, "utimensat errno {}", last_errno());
+}
+
+pub fn ts(sec: i64, nsec: i64) -> libc::timespec {
+    libc::timespec {
+        tv_sec: sec,
+        tv_nsec: nsec,
+    }
+}
+
 pub fn cstr(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
 }
