@@ -1,20 +1,16 @@
 //! mirrorfs: a FUSE filesystem that mirrors one tree onto N replica directories.
+//!
+//! The modules are layers, lowest first; each uses only the layers below it (the edges
+//! allowed are listed in `layers.txt` and checked by `tests/layers.rs`). ARCHITECTURE.md
+//! describes them and follows a request through them.
 
-pub mod cli;
+pub mod commands;
 pub mod control;
-pub mod error;
-pub mod features;
-pub mod fs;
-pub mod health;
-pub mod liveness;
-pub mod logging;
+pub mod durability;
+pub mod engine;
+pub mod fuse;
 pub mod membership;
-pub mod mount;
-pub mod mountinfo;
-pub mod names;
-pub mod repair_cmd;
-pub mod replica;
-pub mod runtime;
-pub mod status;
+pub mod ops;
+pub mod repair;
 pub mod sys;
-pub mod umount;
+pub mod tree;

@@ -1,3 +1,3 @@
 fn main() {
-    std::process::exit(mirrorfs::cli::run());
+    std::process::exit(mirrorfs::commands::run());
 }

@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::fs::chunks::Chunks;
 use crate::membership::state::{open_meta, read_meta, write_atomically};
 use crate::sys;
+use crate::tree::chunks::Chunks;
 
 /// The journal file inside the metadata directory.
 pub const JOURNAL_FILE: &str = "journal";

@@ -4,6 +4,7 @@
 
 pub mod assemble;
 pub mod journal;
+pub mod lock;
 pub mod state;
 
 use std::io;

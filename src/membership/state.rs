@@ -15,7 +15,10 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use serde::{Deserialize, Serialize};
 
-use crate::names::META_DIR;
+use crate::sys::names::META_DIR;
+
+/// The directory of objects being made, in the metadata directory.
+const TMP_DIR: &str = "tmp";
 use crate::sys;
 
 /// The state file inside the metadata directory.
@@ -163,7 +166,28 @@ pub(crate) fn write_atomically(meta: BorrowedFd<'_>, name: &str, bytes: &[u8]) -
     sys::fsync(dir.as_fd(), false)
 }
 
-pub(crate) fn open_meta(root: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+/// A directory of the replica's metadata directory, made if missing.
+pub fn meta_subdir(root: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
+    let meta = open_meta(root)?;
+    match sys::mkdirat(meta.as_fd(), OsStr::new(name), 0o700) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(e),
+    }
+    sys::openat(
+        meta.as_fd(),
+        OsStr::new(name),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+}
+
+/// The replica's area for objects being made (and moved aside), in its metadata directory.
+pub fn temp_dir(root: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    meta_subdir(root, TMP_DIR)
+}
+
+pub fn open_meta(root: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     sys::openat(
         root,
         OsStr::new(META_DIR),

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use crate::common::{BIN, Mirror, Unmount, daemon_pid, mirrorfs, run};
 
 fn mounted(path: &std::path::Path) -> bool {
-    mirrorfs::mountinfo::mounted_at(path).unwrap().is_some()
+    mirrorfs::sys::mountinfo::mounted_at(path)
+        .unwrap()
+        .is_some()
 }
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
@@ -173,7 +175,7 @@ fn runtime_records_are_private_to_root() {
     let dir = fs::symlink_metadata("/run/mirrorfs").unwrap();
     assert!(dir.is_dir());
     assert_eq!((dir.uid(), dir.permissions().mode() & 0o777), (0, 0o755));
-    let key = mirrorfs::runtime::key(&m.mnt);
+    let key = mirrorfs::control::runtime::key(&m.mnt);
     let json = fs::symlink_metadata(format!("/run/mirrorfs/{key}.json")).unwrap();
     assert_eq!(json.permissions().mode() & 0o777, 0o644);
     let sock = fs::symlink_metadata(format!("/run/mirrorfs/{key}.sock")).unwrap();

@@ -239,7 +239,7 @@ impl Setup {
                 .expect("run bindfs (scripts/setup.sh installs it)");
             m.bindfs.push((i, child));
             let deadline = Instant::now() + Duration::from_secs(10);
-            while !mirrorfs::replica::is_mount_point(&m.replicas[i]) {
+            while !mirrorfs::engine::replica::is_mount_point(&m.replicas[i]) {
                 assert!(Instant::now() < deadline, "bindfs never mounted");
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -546,7 +546,7 @@ impl Mirror {
 
 /// The pid a daemon recorded for `mnt`.
 pub fn daemon_pid(mnt: &Path) -> Option<u32> {
-    let key = mirrorfs::runtime::key(mnt);
+    let key = mirrorfs::control::runtime::key(mnt);
     let text = std::fs::read_to_string(format!("/run/mirrorfs/{key}.json")).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     v["pid"].as_u64().map(|p| p as u32)

@@ -141,7 +141,7 @@ impl RemoteHost {
             .expect("run sshfs (scripts/setup.sh installs it)");
         self.mounts.push((at.to_path_buf(), child));
         let deadline = Instant::now() + Duration::from_secs(15);
-        while !mirrorfs::replica::is_mount_point(at) {
+        while !mirrorfs::engine::replica::is_mount_point(at) {
             assert!(
                 Instant::now() < deadline,
                 "sshfs never mounted {}",

@@ -1,0 +1,139 @@
+//! The mirror's report of its own state, for the control channel.
+
+use std::path::Path;
+
+use crate::control::socket::Daemon;
+use crate::control::status::{
+    FailureInfo, LagStatus, LastError, MirrorStatus, OUT_OF_SYNC_LISTED, OutOfSync, ReplicaState,
+    ReplicaStatus,
+};
+use crate::durability::record::divergence_reason;
+use crate::ops::mirror::MirrorFs;
+use crate::repair::Request;
+use crate::tree::attr::unix_seconds as secs;
+
+impl MirrorFs {
+    pub fn status(&self, mount_point: &Path) -> MirrorStatus {
+        let (marks, paths): (Vec<_>, Vec<_>) = {
+            let table = self.core.table();
+            let marks = table.marks();
+            let paths = marks
+                .iter()
+                .map(|(ino, _, _)| table.display_path(*ino))
+                .collect();
+            (marks, paths)
+        };
+        let (active, full) = (self.core.set.active(), self.core.set.needs_full());
+        let replicas = self
+            .core
+            .replicas
+            .iter()
+            .map(|r| {
+                let bit = 1 << r.index;
+                let mut out = Vec::new();
+                for ((_, data, entries), path) in marks.iter().zip(&paths) {
+                    if data & bit != 0 {
+                        out.push(OutOfSync {
+                            path: path.clone(),
+                            scope: "data".into(),
+                        });
+                    }
+                    if entries & bit != 0 {
+                        out.push(OutOfSync {
+                            path: path.clone(),
+                            scope: "entries".into(),
+                        });
+                    }
+                }
+                let count = out.len();
+                out.truncate(OUT_OF_SYNC_LISTED);
+                ReplicaStatus {
+                    index: r.index,
+                    path: r.path.clone(),
+                    state: if r.failure().is_some() {
+                        ReplicaState::Failed
+                    } else if count == 0 && active & bit != 0 {
+                        ReplicaState::InSync
+                    } else {
+                        ReplicaState::Degraded
+                    },
+                    failure: r.failure().map(|f| FailureInfo {
+                        since: secs(f.since),
+                        errno: f.errno,
+                        reason: f.reason,
+                    }),
+                    needs_full: full & bit != 0,
+                    lacks: r.features.lacking(),
+                    stuck_calls: if r.live.stuck() {
+                        r.live.in_flight()
+                    } else {
+                        0
+                    },
+                    generation: self.core.set.generation(r.index),
+                    out_of_sync_count: count,
+                    out_of_sync: out,
+                    errors: r.errors().values().sum(),
+                    errors_by_kind: r
+                        .errors()
+                        .into_iter()
+                        .map(|(errno, n)| (crate::sys::errno_name(errno), n))
+                        .collect(),
+                    last_error: r.last_error().map(|e| LastError {
+                        time: secs(e.at),
+                        op: e.op.to_string(),
+                        path: e.path,
+                        errno: e.errno,
+                        error: divergence_reason(e.errno),
+                    }),
+                    read_latency_us: r.read_latency.micros(),
+                    write_latency_us: r.write_latency.micros(),
+                    free_bytes: r.free_bytes(),
+                    pending_files: self.repair.pending(r.index).0,
+                    pending_bytes: self.repair.pending(r.index).1,
+                    lag: self.writes.lag(r.index).map(|l| LagStatus {
+                        operations: l.jobs,
+                        bytes: l.bytes,
+                        oldest_seconds: l.oldest.as_secs_f64(),
+                        trips: l.trips,
+                    }),
+                }
+            })
+            .collect();
+        // Unreadable: no replica is current for the node or for a directory above it.
+        let unavailable = {
+            let table = self.core.table();
+            marks
+                .iter()
+                .zip(&paths)
+                .filter(|((ino, _, _), _)| table.fresh(*ino, self.core.active()) == 0)
+                .map(|(_, path)| path.clone())
+                .take(OUT_OF_SYNC_LISTED)
+                .collect()
+        };
+        MirrorStatus {
+            mount_point: mount_point.to_path_buf(),
+            pid: std::process::id(),
+            mode: if self.writes.queues() {
+                "async"
+            } else {
+                "sync"
+            }
+            .into(),
+            replicas,
+            repair: self.repair.status(),
+            unavailable,
+            unsettled_paths: self.records.journal().unsettled(),
+        }
+    }
+}
+
+impl Daemon for MirrorFs {
+    fn status(&self, mount_point: &Path) -> MirrorStatus {
+        MirrorFs::status(self, mount_point)
+    }
+
+    fn repair(&self, full: bool) {
+        self.repair
+            .request(if full { Request::Full } else { Request::Wake });
+    }
+}
