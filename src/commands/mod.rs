@@ -1,7 +1,7 @@
 //! The command line: the top-level parser and one module per command (mount, umount,
 //! health, repair), each owning its own arguments. This module only dispatches; the
-//! commands use the layers below and nothing of each other but the error type and the
-//! mount's plan and locks.
+//! commands use the layers below and nothing of each other but the error type (and, for
+//! `repair --source`, the mount's checks of its arguments).
 
 pub mod error;
 pub mod health;

@@ -501,22 +501,12 @@ impl Records {
 
     /// Whether replica `index` has any out-of-sync mark.
     pub fn has_marks(&self, index: usize) -> bool {
-        let bit = 1 << index;
-        self.core
-            .table()
-            .marks()
-            .iter()
-            .any(|(_, d, e)| (d | e) & bit != 0)
+        self.core.table().marked_replicas() & (1 << index) != 0
     }
 
     /// Too many marks to keep: every replica they are for is compared in full instead.
     fn overflowed(&self, j: &mut Journal) {
-        let marked = self
-            .core
-            .table()
-            .marks()
-            .iter()
-            .fold(0, |s, (_, d, e)| s | d | e);
+        let marked = self.core.table().marked_replicas();
         for r in self.core.members(marked) {
             warn!(
                 replica = %r.path.display(),

@@ -1,6 +1,10 @@
 //! Which replicas form a mirror and which of them hold the latest data: the state each
 //! replica records about itself, the journal of what replicas that fell behind missed, and
-//! the rules that assemble a mirror from them.
+//! the rules that assemble a mirror from them, and the lock that keeps two daemons off one
+//! replica.
+//!
+//! What is on each replica's disk and the decisions made from it, before any replica is
+//! served: uses only `sys` and `tree` (chunk sets, in journal records).
 
 pub mod assemble;
 pub mod journal;

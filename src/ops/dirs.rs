@@ -140,10 +140,6 @@ impl MirrorFs {
         }
     }
 
-    pub fn dir_of(&self, fh: u64) -> Option<Ino> {
-        self.core.dirs.get(fh).map(|d| d.ino)
-    }
-
     pub async fn fsyncdir(&self, ino: Ino, datasync: bool) -> io::Result<()> {
         let fanned = self
             .apply(

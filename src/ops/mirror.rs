@@ -431,12 +431,7 @@ impl MirrorFs {
         self.writes.drain_lanes();
         self.sync_replicas();
         let tracked = self.records.sync_journals();
-        let marked = self
-            .core
-            .table()
-            .marks()
-            .iter()
-            .fold(0, |set, (_, data, entries)| set | data | entries);
+        let marked = self.core.table().marked_replicas();
         self.core
             .set
             .clean_shutdown(&self.core.replicas, marked, tracked);

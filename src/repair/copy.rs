@@ -18,6 +18,25 @@ use crate::tree::attr;
 
 const TRASH_DIR: &str = "trash";
 
+/// A repair step that failed, and on which replica.
+#[derive(Debug)]
+pub enum Failed {
+    Source(io::Error),
+    Target(io::Error),
+}
+
+pub type Step<T> = Result<T, Failed>;
+
+/// A source replica's result as a step's.
+pub fn src<T>(r: io::Result<T>) -> Step<T> {
+    r.map_err(Failed::Source)
+}
+
+/// A target replica's result as a step's.
+pub fn tgt<T>(r: io::Result<T>) -> Step<T> {
+    r.map_err(Failed::Target)
+}
+
 /// What a replica holds at one name.
 #[derive(Clone, Debug)]
 pub struct Snapshot {

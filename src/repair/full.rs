@@ -18,8 +18,7 @@ use std::sync::Arc;
 use fuser::FileType;
 use tracing::{info, warn};
 
-use super::copy::{self, Snapshot};
-use super::marks::Failed;
+use super::copy::{self, Failed, Snapshot, Step, src, tgt};
 use crate::engine::listing;
 use crate::engine::object::Object;
 use crate::engine::replica::Replica;
@@ -27,16 +26,6 @@ use crate::repair::Repair;
 use crate::sys;
 use crate::tree::chunks::CHUNK;
 use crate::tree::inode::Ino;
-
-type Step<T> = Result<T, Failed>;
-
-fn src<T>(r: io::Result<T>) -> Step<T> {
-    r.map_err(Failed::Source)
-}
-
-fn tgt<T>(r: io::Result<T>) -> Step<T> {
-    r.map_err(Failed::Target)
-}
 
 /// Opens directory `rel` (empty: the root) of a replica for reading.
 fn open_dir(root: &OwnedFd, rel: &Path) -> io::Result<OwnedFd> {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use fuser::FileType;
 use tracing::debug;
 
-use super::copy::{self, Snapshot};
+use super::copy::{self, Failed, Snapshot, Step, src, tgt};
 use crate::engine::listing;
 use crate::engine::object::Object;
 use crate::engine::replica::Replica;
@@ -34,15 +34,6 @@ use crate::tree::scope::Scope;
 /// contents of names a listing repair found missing).
 const PASSES: usize = 16;
 
-/// A repair step that failed, and on which replica.
-#[derive(Debug)]
-pub(super) enum Failed {
-    Source(io::Error),
-    Target(io::Error),
-}
-
-type Step<T> = Result<T, Failed>;
-
 /// What a directory needs after its own repair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Next {
@@ -51,14 +42,6 @@ enum Next {
     Listing,
     /// Its listing reconciled and every entry repaired whole.
     Subtree,
-}
-
-fn src<T>(r: io::Result<T>) -> Step<T> {
-    r.map_err(Failed::Source)
-}
-
-fn tgt<T>(r: io::Result<T>) -> Step<T> {
-    r.map_err(Failed::Target)
 }
 
 /// A snapshot that must be there: ENOENT when the name is gone.

@@ -14,8 +14,14 @@
 //! and the mark is repaired in a later round. Copies are throttled to a byte rate so that
 //! foreground I/O keeps priority, and progress (files and bytes done of the total, rate,
 //! ETA) is kept for `mirrorfs health`.
+//!
+//! The prober ([`prober`]) lives here too: it re-admits replicas that work again and wakes
+//! repair. Both work on the shared state, the records and the write order they are given
+//! (see [`Repair::new`], [`prober::Prober::new`]), never on the whole mirror. Uses the
+//! layers below (`durability`, `engine`, `membership`, `tree`, `sys`) and the status schema
+//! of `control`.
 
-pub(crate) mod copy;
+mod copy;
 mod full;
 mod marks;
 pub mod prober;

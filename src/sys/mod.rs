@@ -5,6 +5,9 @@
 //! [`crate::sys::names`]) and a directory fd that was itself resolved beneath a replica root.
 //! Errors are plain `io::Error`s carrying the errno; translation to FUSE replies happens at
 //! the filesystem boundary.
+//!
+//! The lowest layer: uses nothing else of the crate. Also here: the names the mount may
+//! address ([`names`]) and the mount table ([`mountinfo`]).
 
 pub mod mountinfo;
 pub mod names;

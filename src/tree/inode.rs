@@ -774,6 +774,17 @@ impl InodeTable {
         self.marked
     }
 
+    /// The replicas with any mark.
+    pub fn marked_replicas(&self) -> ReplicaSet {
+        if self.marked == 0 {
+            return 0;
+        }
+        self.nodes
+            .values()
+            .filter(|n| n.is_marked())
+            .fold(0, |set, n| set | n.stale_data | n.stale_entries)
+    }
+
     /// Every mark: (inode, replicas stale for data, replicas stale for entries).
     pub fn marks(&self) -> Vec<(Ino, ReplicaSet, ReplicaSet)> {
         if self.marked == 0 {
