@@ -497,4 +497,65 @@ mod tests {
         drop(lanes);
         waiter.join().unwrap();
     }
+
+    #[test]
+    fn a_lane_applies_its_jobs_in_order_and_marks_its_replica_once_tripped() {
+        use crate::durability::record::Records;
+        use crate::engine::shared::testing::core_over;
+        use crate::tree::inode::ROOT;
+        use fuser::FileType;
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let core = core_over(&dirs.each_ref().map(|d| d.path().to_path_buf()));
+        let records = Arc::new(Records::new(core.clone()));
+        records.resume(&[None, None]);
+        let writes = Arc::new(Writes::new(
+            core.clone(),
+            Some(MaxLag {
+                bytes: 1 << 20,
+                jobs: 2,
+            }),
+        ));
+        writes.spawn(records.clone());
+        let f = core
+            .table()
+            .lookup(ROOT, "f".as_ref(), FileType::RegularFile, &[], false);
+        let flights = Arc::new(Flights::default());
+        let flight = flights.begin(1);
+        let path = dirs[1].path().join("f");
+        let append = |bytes: &'static [u8]| {
+            let path = path.clone();
+            move |_: &Replica| {
+                use std::io::Write;
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)?;
+                file.write_all(bytes)
+            }
+        };
+        let scope = Scope::Range(f, 0, 1);
+        // Queued for the second replica and applied there, in order.
+        for bytes in [b"a", b"b"] {
+            let marked = writes.queue("write", 0b10, scope, 1, &flight, append(bytes));
+            assert_eq!(marked, Some(vec![]));
+        }
+        writes.drain_ino(f);
+        assert_eq!(std::fs::read(&path).unwrap(), b"ab");
+        assert!(!records.has_marks(1));
+        // A lane held up past its bound trips: the replica is marked instead.
+        let (started, running) = crossbeam_channel::bounded::<()>(1);
+        let (release, held) = crossbeam_channel::bounded::<()>(0);
+        writes.queue("write", 0b10, scope, 1, &flight, move |_: &Replica| {
+            started.send(()).map_err(io::Error::other)?;
+            held.recv().map_err(io::Error::other)
+        });
+        running.recv().unwrap();
+        writes.queue("write", 0b10, scope, 1, &flight, append(b"c"));
+        let marked = writes.queue("write", 0b10, scope, 1, &flight, append(b"d"));
+        assert_eq!(marked, Some(vec![(1, 0)]));
+        release.send(()).unwrap();
+        writes.drain_ino(f);
+        assert!(records.has_marks(1));
+        assert_eq!(core.set.current(), 0b01);
+    }
 }
