@@ -622,15 +622,11 @@ mod tests {
 
     #[test]
     fn an_intent_is_on_every_replica_before_the_change_and_voided_once_settled() {
-        use crate::engine::shared::testing::core_over;
+        use crate::durability::record::testing::two_replicas;
         use crate::membership::journal;
         use crate::tree::inode::ROOT;
         use std::os::fd::AsFd;
-        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-        let core = core_over(&dirs.each_ref().map(|d| d.path().to_path_buf()));
-        let records = Arc::new(Records::new(core.clone()));
-        // As at mount: the journals of the replicas in sync are written from now on.
-        records.resume(&[None, None]);
+        let (_dirs, core, records) = two_replicas();
         let epochs = Epochs::new(core.clone(), records, DEFAULT_SETTLE_INTERVAL);
         let unsettled = |i: usize| {
             journal::load(core.replicas[i].root().as_fd())

@@ -500,14 +500,10 @@ mod tests {
 
     #[test]
     fn a_lane_applies_its_jobs_in_order_and_marks_its_replica_once_tripped() {
-        use crate::durability::record::Records;
-        use crate::engine::shared::testing::core_over;
+        use crate::durability::record::testing::two_replicas;
         use crate::tree::inode::ROOT;
         use fuser::FileType;
-        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-        let core = core_over(&dirs.each_ref().map(|d| d.path().to_path_buf()));
-        let records = Arc::new(Records::new(core.clone()));
-        records.resume(&[None, None]);
+        let (dirs, core, records) = two_replicas();
         let writes = Arc::new(Writes::new(
             core.clone(),
             Some(MaxLag {

@@ -884,3 +884,24 @@ fn marks_of(j: &Journal, table: &InodeTable, ino: Ino, path: &RecPath) -> Vec<Re
     }
     records
 }
+
+/// Two replicas and their records, as a mount assembles them but with no FUSE session:
+/// for unit tests of the layers above the engine.
+#[cfg(test)]
+pub mod testing {
+    use std::sync::Arc;
+
+    use super::Records;
+    use crate::engine::shared::Core;
+    use crate::engine::shared::testing::core_over;
+
+    /// A new mirror over two empty temporary directories, both in sync, whose journals
+    /// are written from now on. The directories go when the first value is dropped.
+    pub fn two_replicas() -> ([tempfile::TempDir; 2], Arc<Core>, Arc<Records>) {
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let core = core_over(&dirs.each_ref().map(|d| d.path().to_path_buf()));
+        let records = Arc::new(Records::new(core.clone()));
+        records.resume(&[None, None]);
+        (dirs, core, records)
+    }
+}

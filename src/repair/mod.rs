@@ -382,18 +382,15 @@ impl Repair {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::shared::testing::core_over;
+    use crate::durability::record::testing::two_replicas;
     use crate::tree::inode::ROOT;
     use crate::tree::scope::Scope;
     use fuser::FileType;
 
     #[test]
     fn a_replica_that_missed_a_file_gets_it_from_a_current_one() {
-        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-        let core = core_over(&dirs.each_ref().map(|d| d.path().to_path_buf()));
-        let records = Arc::new(Records::new(core.clone()));
+        let (dirs, core, records) = two_replicas();
         let writes = Arc::new(Writes::new(core.clone(), None));
-        records.resume(&[None, None]);
         let repair = Repair::new(core.clone(), records.clone(), writes, 0);
         // A file made on the first replica only, and the second marked for it.
         std::fs::write(dirs[0].path().join("f"), b"contents").unwrap();

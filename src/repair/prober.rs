@@ -356,14 +356,11 @@ impl Prober {
 mod tests {
     use super::*;
     use crate::durability::lanes::Writes;
-    use crate::engine::shared::testing::core_over;
+    use crate::durability::record::testing::two_replicas;
 
     #[test]
     fn a_failed_replica_that_works_again_is_readmitted_and_repaired() {
-        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-        let core = core_over(&dirs.each_ref().map(|d| d.path().to_path_buf()));
-        let records = Arc::new(Records::new(core.clone()));
-        records.resume(&[None, None]);
+        let (_dirs, core, records) = two_replicas();
         let writes = Arc::new(Writes::new(core.clone(), None));
         let repair = Arc::new(Repair::new(core.clone(), records.clone(), writes, 0));
         let prober = Prober::new(core.clone(), records.clone(), repair.clone());
