@@ -1,13 +1,15 @@
 //! The command line: the top-level parser and one module per command (mount, umount,
-//! health, repair), each owning its own arguments. This module only dispatches; the
-//! commands use the layers below and nothing of each other but the error type (and, for
-//! `repair --source`, the mount's checks of its arguments).
+//! health, repair, replica), each owning its own arguments. This module only dispatches; the
+//! commands use the layers below and nothing of each other but the error type, `target` (the mirror a command is about) and,
+//! for `repair --source`, the mount's checks of its arguments.
 
 pub mod error;
 pub mod health;
 pub mod logging;
 pub mod mount;
 pub mod repair;
+pub mod replica;
+pub mod target;
 pub mod umount;
 
 use clap::{Parser, Subcommand};
@@ -16,6 +18,7 @@ use error::CliError;
 use health::HealthArgs;
 use mount::MountArgs;
 use repair::RepairArgs;
+use replica::ReplicaArgs;
 use umount::UmountArgs;
 
 /// mirrorfs: one mount point over N directories that hold the same tree.
@@ -39,6 +42,8 @@ pub enum Command {
     Health(HealthArgs),
     /// Repair a mounted mirror now, or pick the replica to keep after a split brain.
     Repair(RepairArgs),
+    /// Take a replica of a mounted mirror out, or bring it back (root only).
+    Replica(ReplicaArgs),
 }
 
 /// Runs the command line and returns the process exit status.
@@ -56,6 +61,7 @@ pub fn run() -> i32 {
         Command::Umount(args) => umount::run(args).map(|()| 0),
         Command::Health(args) => health::run(args),
         Command::Repair(args) => repair::run(args).map(|()| 0),
+        Command::Replica(args) => replica::run(args).map(|()| 0),
     };
     match result {
         Ok(status) => status,

@@ -9,10 +9,11 @@ use clap::Args;
 use crate::cli_error;
 use crate::commands::error::CliError;
 use crate::commands::mount::plan;
+use crate::commands::target;
 use crate::control::socket;
 use crate::membership::lock;
 use crate::membership::{self, assemble};
-use crate::sys::{self, mountinfo};
+use crate::sys;
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
@@ -53,17 +54,7 @@ pub fn run(args: RepairArgs) -> Result<(), CliError> {
 
 /// Asks the daemon of `mount_point` to repair now, or to compare in full.
 fn start(mount_point: &Path, full: bool) -> Result<(), CliError> {
-    let mount_point = std::fs::canonicalize(mount_point)
-        .map_err(|e| cli_error!("{}: {}", mount_point.display(), sys::describe(&e)))?;
-    match mountinfo::mounted_at(&mount_point) {
-        Ok(Some(m)) if m.fs_type == mountinfo::FS_TYPE => {}
-        _ => {
-            return Err(cli_error!(
-                "{} is not a mirrorfs mount",
-                mount_point.display()
-            ));
-        }
-    }
+    let mount_point = target::mirror_at(mount_point)?;
     socket::repair(&mount_point, full).map_err(|e| {
         cli_error!(
             "the daemon of {} did not answer: {}",

@@ -3,6 +3,7 @@
 //! mounted (so only that user and root can connect). One request line, one JSON answer.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -19,9 +20,24 @@ const STATUS: &str = "status";
 /// The requests that start repair now, or a full comparison.
 const REPAIR: &str = "repair";
 const REPAIR_FULL: &str = "repair-full";
+/// The requests that change the replicas, followed by the replica's path as a JSON string.
+const REPLICA_FAIL: &str = "replica-fail";
+const REPLICA_READMIT: &str = "replica-readmit";
 
 /// How long either side waits for the other.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a command waits for a change to the replicas: the daemon waits on a replica
+/// at most its deadline (600 s at the most) for each call it makes there.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(1300);
+
+/// A change to the replicas of a running mirror (`mirrorfs replica`). Root only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicaChange {
+    /// Take a replica out until it is re-admitted.
+    Fail,
+    /// Bring a failed replica back.
+    Readmit,
+}
 
 pub fn socket_path(mount_point: &Path) -> PathBuf {
     Path::new(runtime::RUNTIME_DIR).join(format!("{}.sock", runtime::key(mount_point)))
@@ -53,6 +69,8 @@ pub trait Daemon: Send + Sync {
     fn status(&self, mount_point: &Path) -> MirrorStatus;
     /// Repair now (`full`: compare every replica in full).
     fn repair(&self, full: bool);
+    /// Changes the replica at `path`; says what was done, or why not, in one line.
+    fn change_replica(&self, change: ReplicaChange, path: &Path) -> Result<String, String>;
 }
 
 /// Binds the socket and answers requests on a background thread. Call before any thread
@@ -79,9 +97,19 @@ pub fn serve(daemon: Arc<dyn Daemon>, mount_point: PathBuf) -> std::io::Result<S
         .spawn(move || {
             for conn in listener.incoming() {
                 match conn {
+                    // Each on its own thread: a change that waits on a replica must not
+                    // keep `mirrorfs health` from being answered.
                     Ok(stream) => {
-                        if let Err(e) = answer(daemon.as_ref(), &mount_point, stream) {
-                            warn!(error = %e, "control request failed");
+                        let (daemon, mount_point) = (daemon.clone(), mount_point.clone());
+                        let spawned = std::thread::Builder::new()
+                            .name("control-request".into())
+                            .spawn(move || {
+                                if let Err(e) = answer(daemon.as_ref(), &mount_point, stream) {
+                                    warn!(error = %e, "control request failed");
+                                }
+                            });
+                        if let Err(e) = spawned {
+                            warn!(error = %e, "cannot answer a control request now");
                         }
                     }
                     Err(e) => warn!(error = %e, "control socket accept failed"),
@@ -107,15 +135,43 @@ fn answer(daemon: &dyn Daemon, mount_point: &Path, stream: UnixStream) -> std::i
             daemon.repair(line.trim() == REPAIR_FULL);
             out.write_all(b"{\"ok\":true}\n")
         }
-        other => out.write_all(format!("{{\"error\":\"unknown request {other:?}\"}}\n").as_bytes()),
+        request => match request.split_once(' ') {
+            Some((word @ (REPLICA_FAIL | REPLICA_READMIT), path)) => {
+                let change = if word == REPLICA_FAIL {
+                    ReplicaChange::Fail
+                } else {
+                    ReplicaChange::Readmit
+                };
+                let result = if crate::sys::peer_uid(stream.as_fd())? != 0 {
+                    Err("only root may change the replicas of a mirror".to_string())
+                } else {
+                    match serde_json::from_str::<String>(path) {
+                        Ok(path) => daemon.change_replica(change, Path::new(&path)),
+                        Err(e) => Err(format!("bad replica path: {e}")),
+                    }
+                };
+                let body = match result {
+                    Ok(message) => serde_json::json!({ "ok": true, "message": message }),
+                    Err(error) => serde_json::json!({ "error": error }),
+                };
+                out.write_all(format!("{body}\n").as_bytes())
+            }
+            _ => {
+                out.write_all(format!("{{\"error\":\"unknown request {request:?}\"}}\n").as_bytes())
+            }
+        },
     }
 }
 
 /// Sends one request to the daemon of `mount_point` and returns its answer line,
 /// waiting at most [`TIMEOUT`] per step.
 fn ask(mount_point: &Path, request: &str) -> std::io::Result<String> {
+    ask_within(mount_point, request, TIMEOUT)
+}
+
+fn ask_within(mount_point: &Path, request: &str, wait: Duration) -> std::io::Result<String> {
     let stream = UnixStream::connect(socket_path(mount_point))?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_read_timeout(Some(wait))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
     (&stream).write_all(format!("{request}\n").as_bytes())?;
     let mut line = String::new();
@@ -136,4 +192,32 @@ pub fn repair(mount_point: &Path, full: bool) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::other(answer.trim().to_string()))
     }
+}
+
+/// Asks the daemon of `mount_point` to change the replica at `path` (which must be valid
+/// UTF-8). The outer error: the daemon did not answer; the inner: it refused, and why.
+pub fn change_replica(
+    mount_point: &Path,
+    change: ReplicaChange,
+    path: &Path,
+) -> std::io::Result<Result<String, String>> {
+    let path = path.to_str().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the replica's path is not valid UTF-8",
+        )
+    })?;
+    let word = match change {
+        ReplicaChange::Fail => REPLICA_FAIL,
+        ReplicaChange::Readmit => REPLICA_READMIT,
+    };
+    let request = format!("{word} {}", serde_json::Value::from(path));
+    let answer: serde_json::Value =
+        serde_json::from_str(&ask_within(mount_point, &request, CHANGE_TIMEOUT)?)
+            .map_err(std::io::Error::other)?;
+    Ok(match (answer.get("message"), answer.get("error")) {
+        (Some(m), _) => Ok(m.as_str().unwrap_or_default().to_string()),
+        (None, Some(e)) => Err(e.as_str().unwrap_or_default().to_string()),
+        (None, None) => Err(format!("unexpected answer {answer}")),
+    })
 }

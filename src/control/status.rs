@@ -49,6 +49,10 @@ pub struct FailureInfo {
     /// The errno that failed it; 0 when its root directory went away.
     pub errno: i32,
     pub reason: String,
+    /// Taken out by hand (`mirrorfs replica fail`): it stays out, across mounts, until
+    /// `mirrorfs replica readmit`.
+    #[serde(default)]
+    pub by_hand: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

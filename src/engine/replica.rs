@@ -44,6 +44,8 @@ pub struct Failure {
     /// The errno that failed it, 0 when its root directory went away.
     pub errno: i32,
     pub reason: String,
+    /// Taken out by hand (`mirrorfs replica fail`): the prober leaves it alone.
+    pub by_hand: bool,
 }
 
 /// A moving average of latencies, in microseconds (0: nothing measured yet).
@@ -251,8 +253,32 @@ impl Replica {
             since: SystemTime::now(),
             errno,
             reason,
+            by_hand: false,
         });
         true
+    }
+
+    /// The replica is taken out by hand, failed or not: it stays out until it is
+    /// re-admitted by hand. Returns whether it was serving until now (not failed).
+    pub fn take_out(&self, reason: String) -> bool {
+        let mut f = self.failure.lock().expect("failure lock");
+        let was_serving = f.is_none();
+        *f = Some(Failure {
+            since: SystemTime::now(),
+            errno: 0,
+            reason,
+            by_hand: true,
+        });
+        was_serving
+    }
+
+    /// Whether it was taken out by hand.
+    pub fn taken_out(&self) -> bool {
+        self.failure
+            .lock()
+            .expect("failure lock")
+            .as_ref()
+            .is_some_and(|f| f.by_hand)
     }
 
     /// The replica works again.

@@ -213,6 +213,24 @@ impl MirrorSet {
         }
     }
 
+    /// Records on `replica` whether it is taken out by hand (see
+    /// [`ReplicaState::taken_out`]). A read-only mount records nothing.
+    pub fn record_taken_out(&self, replica: &Replica, out: bool) -> std::io::Result<()> {
+        let mut states = self.states.lock().expect("set lock");
+        let mut st = states[replica.index].clone();
+        st.taken_out = out;
+        if !self.read_only {
+            save(replica, &st)?;
+        }
+        states[replica.index] = st;
+        Ok(())
+    }
+
+    /// Whether replica `index` is recorded as taken out by hand.
+    pub fn is_taken_out(&self, index: usize) -> bool {
+        self.states.lock().expect("set lock")[index].taken_out
+    }
+
     /// Replica `index` must be compared in full before it is used again.
     pub fn require_full(&self, index: usize) {
         let bit = 1 << index;

@@ -350,6 +350,7 @@ fn new_mirror(given: &[Given], init: bool, source: Option<usize>) -> Result<Asse
             clean: !in_sync,
             needs_full: !in_sync,
             lags: false,
+            taken_out: false,
         });
         roles.push(if in_sync { Role::InSync } else { Role::Full });
     }

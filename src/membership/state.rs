@@ -49,6 +49,10 @@ pub struct ReplicaState {
     /// lag is the source.
     #[serde(default)]
     pub lags: bool,
+    /// Taken out of the mirror by hand (`mirrorfs replica fail`): not used, across
+    /// mounts, until `mirrorfs replica readmit`; what it misses is tracked meanwhile.
+    #[serde(default)]
+    pub taken_out: bool,
 }
 
 /// A random 128-bit id as hex.
@@ -81,6 +85,7 @@ impl ReplicaState {
             clean: true,
             needs_full: true,
             lags: false,
+            taken_out: false,
         }
     }
 
@@ -219,6 +224,7 @@ mod tests {
             clean: true,
             needs_full: false,
             lags: false,
+            taken_out: false,
         }
     }
 

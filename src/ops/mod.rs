@@ -10,6 +10,7 @@ pub mod attributes;
 pub mod dirs;
 pub mod emulate;
 pub mod files;
+pub mod members;
 pub mod mirror;
 pub mod namespace;
 pub mod report;

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::control::socket::Daemon;
+use crate::control::socket::{Daemon, ReplicaChange};
 use crate::control::status::{
     FailureInfo, LagStatus, LastError, MirrorStatus, OUT_OF_SYNC_LISTED, OutOfSync, ReplicaState,
     ReplicaStatus,
@@ -61,6 +61,7 @@ impl MirrorFs {
                         since: secs(f.since),
                         errno: f.errno,
                         reason: f.reason,
+                        by_hand: f.by_hand,
                     }),
                     needs_full: full & bit != 0,
                     lacks: r.features.lacking(),
@@ -135,5 +136,12 @@ impl Daemon for MirrorFs {
     fn repair(&self, full: bool) {
         self.repair
             .request(if full { Request::Full } else { Request::Wake });
+    }
+
+    fn change_replica(&self, change: ReplicaChange, path: &Path) -> Result<String, String> {
+        match change {
+            ReplicaChange::Fail => self.take_out(path),
+            ReplicaChange::Readmit => self.bring_back(path),
+        }
     }
 }

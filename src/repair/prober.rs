@@ -198,6 +198,10 @@ impl Prober {
     /// One round of checks.
     pub fn probe(&self) {
         for r in &self.core.replicas {
+            // Taken out by hand: left alone until it is re-admitted by hand.
+            if r.taken_out() {
+                continue;
+            }
             // A replica that stopped answering is looked at again once every call left
             // in it has returned.
             if !r.live.revive() || !self.root_in_place(r) {
@@ -326,6 +330,55 @@ impl Prober {
         self.repair.request(crate::repair::Request::Wake);
     }
 
+    /// Re-admits a failed replica now, as asked by hand (`mirrorfs replica readmit`): a
+    /// small write, sync and removal must work there first. What it missed is repaired
+    /// by range from the marks. Says why not when it cannot be.
+    pub fn readmit_now(&self, r: &Replica) -> Result<(), String> {
+        if r.failure().is_none() {
+            return Err("it is not failed: there is nothing to readmit".into());
+        }
+        if !r.live.revive() {
+            return Err(format!(
+                "{} of its calls have not returned since it stopped answering; try again \
+                 once they have",
+                r.live.in_flight()
+            ));
+        }
+        let (path, held) = (r.path.clone(), r.root());
+        let same = r.live.call("readmit", move || {
+            use std::os::unix::fs::MetadataExt;
+            let now = std::fs::symlink_metadata(&path)?;
+            Ok(identity(&held).is_ok_and(|h| (now.dev(), now.ino()) == h))
+        });
+        match same {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(
+                    "its path no longer leads to the directory it was mounted with; mount \
+                     the mirror again to use the directory there"
+                        .into(),
+                );
+            }
+            Err(e) => return Err(format!("its path cannot be read: {}", sys::describe(&e))),
+        }
+        let root = r.root();
+        r.live
+            .call("readmit", move || probe_io(&root))
+            .map_err(|e| format!("it still fails: {}", sys::describe(&e)))?;
+        if self.core.set.is_taken_out(r.index) {
+            self.core
+                .set
+                .record_taken_out(r, false)
+                .map_err(|e| format!("cannot record it there: {}", sys::describe(&e)))?;
+        }
+        r.clear_failure();
+        self.reset_backoff(r);
+        self.records.readmit(r, false);
+        info!(replica = %r.path.display(), "replica readmitted by hand; repair brings it what it missed");
+        self.repair.request(crate::repair::Request::Wake);
+        Ok(())
+    }
+
     /// Tries a failed replica; re-admits it if it works.
     fn try_readmit(&self, r: &Replica) {
         let Some(failure) = r.failure() else {
@@ -358,12 +411,24 @@ mod tests {
     use crate::durability::lanes::Writes;
     use crate::durability::record::testing::two_replicas;
 
-    #[test]
-    fn a_failed_replica_that_works_again_is_readmitted_and_repaired() {
-        let (_dirs, core, records) = two_replicas();
+    /// Two replicas in sync, and the prober with the repair it wakes.
+    fn parts() -> (
+        [tempfile::TempDir; 2],
+        Arc<Core>,
+        Arc<Records>,
+        Arc<Repair>,
+        Prober,
+    ) {
+        let (dirs, core, records) = two_replicas();
         let writes = Arc::new(Writes::new(core.clone(), None));
         let repair = Arc::new(Repair::new(core.clone(), records.clone(), writes, 0));
         let prober = Prober::new(core.clone(), records.clone(), repair.clone());
+        (dirs, core, records, repair, prober)
+    }
+
+    #[test]
+    fn a_failed_replica_that_works_again_is_readmitted_and_repaired() {
+        let (_dirs, core, records, repair, prober) = parts();
         let r = &core.replicas[1];
         assert!(r.set_failed(libc::EIO, "a write failed".into()));
         records.fail_replica(r);
@@ -373,5 +438,21 @@ mod tests {
         // Nothing was missed: one round of repair finds it in sync.
         repair.repair_round();
         assert_eq!(core.set.current(), 0b11);
+    }
+
+    #[test]
+    fn a_replica_taken_out_by_hand_is_left_alone_until_readmitted_by_hand() {
+        let (_dirs, core, records, repair, prober) = parts();
+        let r = &core.replicas[1];
+        assert!(r.take_out("maintenance".into()));
+        records.fail_replica(r);
+        core.set.record_taken_out(r, true).unwrap();
+        prober.probe();
+        assert!(r.taken_out());
+        prober.readmit_now(r).unwrap();
+        assert!(r.failure().is_none() && !core.set.is_taken_out(1));
+        repair.repair_round();
+        assert_eq!(core.set.current(), 0b11);
+        assert!(prober.readmit_now(r).unwrap_err().contains("not failed"));
     }
 }

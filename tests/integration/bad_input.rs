@@ -155,7 +155,7 @@ fn help_explains_every_option() {
     let out = mirrorfs(&[OsStr::new("--help")]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for word in ["mount", "umount", "health"] {
+    for word in ["mount", "umount", "health", "repair", "replica"] {
         assert!(text.contains(word), "{word} missing from --help");
     }
     let out = mirrorfs(&[OsStr::new("mount"), OsStr::new("--help")]);

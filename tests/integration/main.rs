@@ -22,4 +22,5 @@ mod namespace;
 mod permissions;
 mod random_ops;
 mod remote;
+mod replicas;
 mod security;

@@ -459,6 +459,7 @@ fn start(
     let set = MirrorSet::new(assembly, opts.read_only(), queued);
     let fs = Arc::new_cyclic(|me| MirrorFs::new(replicas, fs_options, set, me.clone()));
     fs.resume(&assembly.missed);
+    fs.keep_taken_out(assembly.head);
     let dev = kernel::mount(&mount_point, &name, opts).map_err(|e| {
         let hint = if e.raw_os_error() == Some(libc::EPERM) {
             " (mounting needs root)"

@@ -1,0 +1,225 @@
+//! `mirrorfs replica fail` and `readmit`: a replica taken out by hand while the mirror
+//! serves a write load, kept out across a remount, and brought back by a repair of what it
+//! missed alone.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Output;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::common::{Mirror, mirrorfs};
+
+const MIB: usize = 1 << 20;
+
+fn replica_cmd(m: &Mirror, action: &str, replica: &Path) -> Output {
+    mirrorfs(&[
+        OsStr::new("replica"),
+        OsStr::new(action),
+        m.mnt.as_os_str(),
+        replica.as_os_str(),
+    ])
+}
+
+/// Runs `mirrorfs replica ACTION` and asserts it succeeded.
+fn change(m: &Mirror, action: &str, replica: usize) {
+    let out = replica_cmd(m, action, &m.replicas[replica]);
+    assert!(
+        out.status.success(),
+        "replica {action}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `mirrorfs replica ACTION` on `replica`, asserts it was refused with one line
+/// containing `why`, and returns that line.
+fn refused(m: &Mirror, action: &str, replica: &Path, why: &str) -> String {
+    let out = replica_cmd(m, action, replica);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{action} was not refused: {err}"
+    );
+    assert!(err.contains(why), "{action}: {err:?} does not say {why:?}");
+    assert_eq!(err.trim().lines().count(), 1, "not one line: {err:?}");
+    err
+}
+
+fn health_code(m: &Mirror) -> Option<i32> {
+    mirrorfs(&[OsStr::new("health"), m.mnt.as_os_str()])
+        .status
+        .code()
+}
+
+fn replica_status(m: &Mirror, i: usize) -> serde_json::Value {
+    m.status()["daemon"]["replicas"][i].clone()
+}
+
+/// A writer that appends numbered lines to `log` through the mount until stopped, and
+/// fails the test if any write fails.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Writer {
+    fn start(m: &Mirror) -> Writer {
+        let path = m.path("log");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut file = fs::File::create(&path).unwrap();
+            let mut n = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                writeln!(file, "record {n:08}").expect("a write through the mount failed");
+                n += 1;
+                if n.is_multiple_of(64) {
+                    file.sync_data().expect("an fsync through the mount failed");
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            file.sync_all().unwrap();
+            n
+        });
+        Writer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the writer; returns how many records it wrote.
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn a_replica_taken_out_under_load_misses_writes_and_is_repaired_by_range() {
+    let m = Mirror::new(2);
+    let size = 32 * MIB;
+    fs::write(m.path("big"), vec![1u8; size]).unwrap();
+    m.wait_in_sync();
+    let writer = Writer::start(&m);
+    std::thread::sleep(Duration::from_millis(200));
+
+    change(&m, "fail", 1);
+    let st = replica_status(&m, 1);
+    assert_eq!(st["state"], "failed", "{st}");
+    assert_eq!(st["failure"]["by_hand"], true, "{st}");
+    assert_eq!(
+        health_code(&m),
+        Some(1),
+        "health is WARNING while a replica is out"
+    );
+
+    // A write while it is out reaches replica 0 alone.
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("big"))
+        .unwrap();
+    f.write_all_at(&vec![2u8; MIB], 10 * MIB as u64).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let mut chunk = vec![0u8; MIB];
+    let held = fs::File::open(m.replica(1, "big")).unwrap();
+    held.read_exact_at(&mut chunk, 10 * MIB as u64).unwrap();
+    assert!(
+        chunk.iter().all(|&b| b == 1),
+        "a replica taken out was written"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+
+    change(&m, "readmit", 1);
+    m.wait_in_sync();
+    let records = writer.stop();
+    assert!(records > 0);
+    m.wait_in_sync();
+    m.assert_in_sync();
+    let lines = fs::read_to_string(m.replica(1, "log")).unwrap();
+    assert_eq!(lines.lines().count() as u64, records);
+    assert_eq!(
+        fs::read(m.replica(1, "big")).unwrap()[10 * MIB..11 * MIB],
+        vec![2u8; MIB][..]
+    );
+    // Only what it missed was copied: the changed chunk of `big` and the log's tail,
+    // not the whole file.
+    let repaired = m.status()["daemon"]["repair"]["bytes_repaired"]
+        .as_u64()
+        .unwrap();
+    let log = fs::metadata(m.path("log")).unwrap().len();
+    assert!(
+        repaired >= MIB as u64 && repaired <= (4 * MIB) as u64 + log,
+        "repair copied {repaired} bytes for 1 MiB of big and a {log}-byte log"
+    );
+}
+
+#[test]
+fn a_replica_taken_out_stays_out_across_a_remount_until_readmitted() {
+    let mut m = Mirror::new(2);
+    fs::write(m.path("before"), b"1").unwrap();
+    change(&m, "fail", 1);
+    fs::write(m.path("during"), b"2").unwrap();
+    m.unmount();
+    m.mount();
+    let st = replica_status(&m, 1);
+    assert_eq!(st["state"], "failed", "{st}");
+    assert_eq!(st["failure"]["by_hand"], true, "{st}");
+    fs::write(m.path("after"), b"3").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!m.replica(1, "during").exists() && !m.replica(1, "after").exists());
+    change(&m, "readmit", 1);
+    m.wait_in_sync();
+    m.assert_in_sync();
+    assert_eq!(fs::read(m.replica(1, "after")).unwrap(), b"3");
+}
+
+#[test]
+fn replica_changes_that_cannot_be_made_are_refused_and_change_nothing() {
+    let m = Mirror::new(2);
+    fs::write(m.path("f"), b"1").unwrap();
+    let other = m.dir.path().join("elsewhere");
+    fs::create_dir(&other).unwrap();
+    refused(&m, "fail", &other, "is not a replica of this mirror");
+    refused(&m, "readmit", &m.replicas[0], "it is not failed");
+    change(&m, "fail", 1);
+    refused(&m, "fail", &m.replicas[1], "taken out already");
+    refused(&m, "fail", &m.replicas[0], "the only replica in sync");
+    assert_eq!(replica_status(&m, 0)["state"], "in-sync");
+    // Not a mirror.
+    let out = mirrorfs(&[
+        OsStr::new("replica"),
+        OsStr::new("fail"),
+        other.as_os_str(),
+        m.replicas[1].as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a mirrorfs mount"));
+    // Not root.
+    let out = crate::common::as_nobody(
+        m.dir.path(),
+        &format!(
+            "{} replica readmit {} {}",
+            crate::common::BIN,
+            m.mnt.display(),
+            m.replicas[1].display()
+        ),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only root"));
+    assert_eq!(replica_status(&m, 1)["state"], "failed");
+    change(&m, "readmit", 1);
+    m.wait_in_sync();
+    m.assert_in_sync();
+}
