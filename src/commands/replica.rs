@@ -16,6 +16,7 @@ use crate::sys;
 Examples:
   mirrorfs replica fail /mnt/data /disk2/data      take /disk2/data out for maintenance
   mirrorfs replica readmit /mnt/data /disk2/data   bring it back; repair copies what it missed
+  mirrorfs replica remove /mnt/data /disk2/data    it leaves the mirror for good
 
 A replica taken out stays out, across mounts, until it is re-admitted. Follow the repair \
 with `mirrorfs health MOUNTPOINT`.")]
@@ -32,6 +33,10 @@ pub enum Action {
     /// Bring a failed replica back: it serves again where it is current, and repair copies
     /// only what it missed.
     Readmit(Target),
+    /// Remove a replica from the mirror: it takes part in nothing from now on and is no
+    /// member any more (mounting it again needs --init); its files stay as they are.
+    /// Refused for the last replica in sync.
+    Remove(Target),
 }
 
 #[derive(Debug, Args)]
@@ -46,6 +51,7 @@ pub fn run(args: ReplicaArgs) -> Result<(), CliError> {
     let (change, t) = match &args.action {
         Action::Fail(t) => (ReplicaChange::Fail, t),
         Action::Readmit(t) => (ReplicaChange::Readmit, t),
+        Action::Remove(t) => (ReplicaChange::Remove, t),
     };
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {

@@ -23,6 +23,7 @@ const REPAIR_FULL: &str = "repair-full";
 /// The requests that change the replicas, followed by the replica's path as a JSON string.
 const REPLICA_FAIL: &str = "replica-fail";
 const REPLICA_READMIT: &str = "replica-readmit";
+const REPLICA_REMOVE: &str = "replica-remove";
 
 /// How long either side waits for the other.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,6 +38,8 @@ pub enum ReplicaChange {
     Fail,
     /// Bring a failed replica back.
     Readmit,
+    /// Remove a replica from the set.
+    Remove,
 }
 
 pub fn socket_path(mount_point: &Path) -> PathBuf {
@@ -136,11 +139,11 @@ fn answer(daemon: &dyn Daemon, mount_point: &Path, stream: UnixStream) -> std::i
             out.write_all(b"{\"ok\":true}\n")
         }
         request => match request.split_once(' ') {
-            Some((word @ (REPLICA_FAIL | REPLICA_READMIT), path)) => {
-                let change = if word == REPLICA_FAIL {
-                    ReplicaChange::Fail
-                } else {
-                    ReplicaChange::Readmit
+            Some((word @ (REPLICA_FAIL | REPLICA_READMIT | REPLICA_REMOVE), path)) => {
+                let change = match word {
+                    REPLICA_FAIL => ReplicaChange::Fail,
+                    REPLICA_READMIT => ReplicaChange::Readmit,
+                    _ => ReplicaChange::Remove,
                 };
                 let result = if crate::sys::peer_uid(stream.as_fd())? != 0 {
                     Err("only root may change the replicas of a mirror".to_string())
@@ -210,6 +213,7 @@ pub fn change_replica(
     let word = match change {
         ReplicaChange::Fail => REPLICA_FAIL,
         ReplicaChange::Readmit => REPLICA_READMIT,
+        ReplicaChange::Remove => REPLICA_REMOVE,
     };
     let request = format!("{word} {}", serde_json::Value::from(path));
     let answer: serde_json::Value =

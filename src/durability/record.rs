@@ -402,6 +402,15 @@ impl Records {
         self.leave_current(&mut j, 1 << r.index);
     }
 
+    /// Replica `r` left the set: the journal stops tracking it and its marks go.
+    pub fn forget(&self, r: &Replica) {
+        let mut j = self.journal();
+        self.untrack(&mut j, r.index);
+        let gone = self.core.table().clear_replica(r.index);
+        drop(j);
+        self.core.dropped(&gone);
+    }
+
     /// Replica `r` must be compared in full before it is used again; the journal stops
     /// tracking it.
     pub fn require_full(&self, r: &Replica) {

@@ -161,6 +161,17 @@ impl Replica {
 
     /// Serves the replica from a new root directory (its filesystem came back), holding
     /// `lock` on it; every cached descriptor of the old one is dropped.
+    /// Holds `lock`, the descriptor of the lock on this replica, for as long as the
+    /// replica is used.
+    pub fn hold_lock(&self, lock: OwnedFd) {
+        *self.lock.lock().expect("lock lock") = Some(lock);
+    }
+
+    /// Lets the replica go: another mirror may lock it now.
+    pub fn release_lock(&self) {
+        *self.lock.lock().expect("lock lock") = None;
+    }
+
     pub fn replace_root(&self, root: OwnedFd, lock: OwnedFd) {
         *self.root.write().expect("root lock") = Arc::new(root);
         *self.lock.lock().expect("lock lock") = Some(lock);

@@ -31,6 +31,8 @@ pub struct MirrorSet {
     current: AtomicU32,
     /// Replicas that must be compared in full before they are used.
     full: AtomicU32,
+    /// Replicas removed from the set while mounted: their slots stay, unused.
+    removed: AtomicU32,
     /// A read-only mount records nothing.
     read_only: bool,
     /// In async mode, the replica writes are applied to before they are acknowledged
@@ -64,6 +66,7 @@ impl MirrorSet {
             active: AtomicU32::new(set_of(&assembly.roles, |r| r != Role::Full)),
             current: AtomicU32::new(in_sync),
             full: AtomicU32::new(set_of(&assembly.roles, |r| r == Role::Full)),
+            removed: AtomicU32::new(0),
             read_only,
         }
     }
@@ -93,6 +96,41 @@ impl MirrorSet {
     /// Replicas that hold every change on record.
     pub fn current(&self) -> ReplicaSet {
         self.current.load(Ordering::Acquire)
+    }
+
+    /// Replicas removed from the set while mounted.
+    pub fn removed(&self) -> ReplicaSet {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    /// Replica `index` leaves the set: every other replica records that it is no member
+    /// any more (see [`ReplicaState::left`]), and it takes part in nothing from now on.
+    /// Each replica that cannot record it is returned with the error; the others are
+    /// enough for a later mount to know, and one that missed it learns it from them when
+    /// it catches up.
+    pub fn remove(&self, replicas: &[Replica], index: usize) -> Vec<(usize, std::io::Error)> {
+        let bit = 1 << index;
+        self.active.fetch_and(!bit, Ordering::AcqRel);
+        self.current.fetch_and(!bit, Ordering::AcqRel);
+        self.full.fetch_and(!bit, Ordering::AcqRel);
+        self.removed.fetch_or(bit, Ordering::AcqRel);
+        let mut states = self.states.lock().expect("set lock");
+        let id = states[index].replica.clone();
+        let mut failed = Vec::new();
+        for r in replicas.iter().filter(|r| r.index != index) {
+            let st = &mut states[r.index];
+            st.members.retain(|m| *m != id);
+            if !st.left.contains(&id) {
+                st.left.push(id.clone());
+            }
+            if self.read_only || self.removed() & (1 << r.index) != 0 {
+                continue;
+            }
+            if let Err(e) = save(r, st) {
+                failed.push((r.index, e));
+            }
+        }
+        failed
     }
 
     /// Replicas waiting for a full comparison.
@@ -254,6 +292,8 @@ impl MirrorSet {
                 let head = states[head].clone();
                 let mut st = states[index].clone();
                 st.catch_up(&head);
+                st.members = head.members.clone();
+                st.left = head.left.clone();
                 st.clean = false;
                 match save(replica, &st) {
                     Ok(()) => states[index] = st,
@@ -283,8 +323,9 @@ impl MirrorSet {
             return;
         }
         let full = self.needs_full();
+        let removed = self.removed();
         let mut states = self.states.lock().expect("set lock");
-        for r in replicas {
+        for r in replicas.iter().filter(|r| removed & (1 << r.index) == 0) {
             let bit = 1 << r.index;
             let st = &mut states[r.index];
             let before = st.clone();

@@ -323,9 +323,10 @@ impl Core {
             .fold(0, |s, r| s | (1 << r.index))
     }
 
-    /// Every replica, as a set.
+    /// Every replica of the set, as a set (not those removed while mounted).
     pub fn every(&self) -> ReplicaSet {
-        self.replicas.iter().fold(0, |s, r| s | (1 << r.index))
+        let removed = self.set.removed();
+        self.replicas.iter().fold(0, |s, r| s | (1 << r.index)) & !removed
     }
 
     /// Forgets replica-side state of inodes that left the table.

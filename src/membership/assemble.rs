@@ -118,6 +118,48 @@ fn list(given: &[&Given]) -> String {
 
 /// Decides the session's roles; `Err` is the one-line reason a mount is refused.
 pub fn assemble(given: &[Given], init: bool, source: Option<&PathBuf>) -> Result<Assembly, String> {
+    // A replica removed from the set is no member: with --init it joins anew, as one
+    // that holds data of no mirror would.
+    let left: Vec<&str> = given
+        .iter()
+        .filter_map(|g| g.state.as_ref())
+        .flat_map(|s| s.left.iter().map(String::as_str))
+        .collect();
+    let was_removed = |g: &Given| {
+        g.state
+            .as_ref()
+            .is_some_and(|s| left.contains(&s.replica.as_str()))
+    };
+    if let Some(g) = given.iter().find(|g| was_removed(g)) {
+        if !init {
+            return Err(format!(
+                "replica {} was removed from this mirror; mount with --init to add it again \
+                 (its contents will be replaced by the mirror's)",
+                show(g)
+            ));
+        }
+        let anew: Vec<Given> = given
+            .iter()
+            .map(|g| match was_removed(g) {
+                true => Given {
+                    state: None,
+                    empty: false,
+                    ..g.clone()
+                },
+                false => g.clone(),
+            })
+            .collect();
+        return assemble_members(&anew, init, source);
+    }
+    assemble_members(given, init, source)
+}
+
+/// [`assemble`] for replicas none of which was removed from the set.
+fn assemble_members(
+    given: &[Given],
+    init: bool,
+    source: Option<&PathBuf>,
+) -> Result<Assembly, String> {
     let stateful: Vec<usize> = (0..given.len())
         .filter(|&i| given[i].state.is_some())
         .collect();
@@ -281,10 +323,9 @@ pub fn assemble(given: &[Given], init: bool, source: Option<&PathBuf>) -> Result
                     .map(|(_, id)| id.clone())
                     .expect("every newcomer has an id");
                 notes.push(format!("replica {} joins the mirror", show(g)));
-                (
-                    Role::Full,
-                    ReplicaState::joining(&head_state.set, &members, id),
-                )
+                let mut st = ReplicaState::joining(&head_state.set, &members, id);
+                st.left = head_now.left.clone();
+                (Role::Full, st)
             }
         };
         roles.push(role);
@@ -351,6 +392,7 @@ fn new_mirror(given: &[Given], init: bool, source: Option<usize>) -> Result<Asse
             needs_full: !in_sync,
             lags: false,
             taken_out: false,
+            left: Vec::new(),
         });
         roles.push(if in_sync { Role::InSync } else { Role::Full });
     }
@@ -599,6 +641,33 @@ mod tests {
         b.needs_full = true;
         let e = assemble(&[given("b", Some(b), false)], false, None).unwrap_err();
         assert!(e.contains("holds the mirror's data"), "{e}");
+    }
+
+    #[test]
+    fn a_replica_removed_from_the_set_is_no_member_and_joins_anew_only_with_init() {
+        let mut s = set(3);
+        let gone = s[2].replica.clone();
+        for st in &mut s[..2] {
+            st.members.retain(|m| *m != gone);
+            st.left.push(gone.clone());
+            st.advance();
+        }
+        s[1].generation = s[0].generation.clone();
+        let given: Vec<Given> = s
+            .iter()
+            .zip(["a", "b", "c"])
+            .map(|(st, name)| given(name, Some(st.clone()), false))
+            .collect();
+        let e = assemble(&given, false, None).unwrap_err();
+        assert!(e.contains("c was removed from this mirror"), "{e}");
+        let a = assemble(&given, true, None).unwrap();
+        assert_eq!(a.roles[2], Role::Full);
+        assert_ne!(a.states[2].replica, gone);
+        assert!(a.states[0].left.contains(&gone) && a.states[2].left.contains(&gone));
+        // Without it, the two that are left form the mirror, none of it absent.
+        let a = assemble(&given[..2], false, None).unwrap();
+        assert_eq!(a.roles, vec![Role::InSync, Role::InSync]);
+        assert!(a.notes.is_empty(), "{:?}", a.notes);
     }
 }
 

@@ -26,7 +26,8 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// Locks held for the life of the daemon; dropping them releases the replicas.
 #[derive(Debug)]
 pub struct ReplicaLocks {
-    held: Vec<OwnedFd>,
+    /// Per replica locked, by index: the descriptor that holds its lock.
+    held: Vec<(usize, OwnedFd)>,
     /// Roots of the replicas whose metadata directory this mount created.
     created: Vec<OwnedFd>,
     /// Indexes of the replicas that have no lock file yet.
@@ -34,6 +35,11 @@ pub struct ReplicaLocks {
 }
 
 impl ReplicaLocks {
+    /// The locks, by replica index, to be held from now on by whoever takes them.
+    pub fn take(&mut self) -> Vec<(usize, OwnedFd)> {
+        std::mem::take(&mut self.held)
+    }
+
     /// Removes the metadata this mount created, for a mount that did not come up.
     pub fn undo_creation(&mut self) {
         for root in self.created.drain(..) {
@@ -47,7 +53,6 @@ impl ReplicaLocks {
     }
 }
 
-/// Opens `.mirrorfs/lock` if it exists (read-only is enough to hold an `flock`).
 /// Why a replica cannot be locked, in one line for the user.
 #[derive(Debug)]
 pub struct Refusal(pub String);
@@ -64,6 +69,7 @@ macro_rules! refusal {
     };
 }
 
+/// Opens `.mirrorfs/lock` if it exists (read-only is enough to hold an `flock`).
 fn existing_lock(root: &OwnedFd) -> io::Result<Option<OwnedFd>> {
     let meta = match open_meta(root.as_fd()) {
         Ok(fd) => fd,
@@ -142,7 +148,7 @@ pub fn lock_existing(replicas: &[PathBuf], roots: &[OwnedFd]) -> Result<ReplicaL
         match existing_lock(root).map_err(|e| problem(r, e))? {
             Some(fd) => {
                 take(&fd, r)?;
-                locks.held.push(fd);
+                locks.held.push((i, fd));
             }
             None => locks.missing.push(i),
         }
@@ -179,7 +185,7 @@ impl ReplicaLocks {
                     Ok(fd)
                 });
             match made {
-                Ok(fd) => self.held.push(fd),
+                Ok(fd) => self.held.push((i, fd)),
                 Err(e) => {
                     self.undo_creation();
                     return Err(e);

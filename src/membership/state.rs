@@ -53,6 +53,10 @@ pub struct ReplicaState {
     /// mounts, until `mirrorfs replica readmit`; what it misses is tracked meanwhile.
     #[serde(default)]
     pub taken_out: bool,
+    /// The ids of replicas removed from the set (`mirrorfs replica remove`): one that
+    /// comes back is not a member again unless added anew (`--init`).
+    #[serde(default)]
+    pub left: Vec<String>,
 }
 
 /// A random 128-bit id as hex.
@@ -86,6 +90,7 @@ impl ReplicaState {
             needs_full: true,
             lags: false,
             taken_out: false,
+            left: Vec::new(),
         }
     }
 
@@ -201,6 +206,20 @@ pub fn open_meta(root: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     )
 }
 
+/// The replica leaves its mirror: its state and journal go (durably), so that it is no
+/// member of any mirror and a later mount takes it only with `--init`. Its tree stays.
+pub fn leave(root: BorrowedFd<'_>) -> io::Result<()> {
+    let meta = open_meta(root)?;
+    for name in [STATE_FILE, crate::membership::journal::JOURNAL_FILE] {
+        match sys::unlinkat(meta.as_fd(), OsStr::new(name), false) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
+            _ => {}
+        }
+    }
+    let dir = sys::reopen(meta.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+    sys::fsync(dir.as_fd(), false)
+}
+
 /// Whether a replica holds nothing but (perhaps) its metadata directory.
 pub fn is_empty(root: BorrowedFd<'_>) -> io::Result<bool> {
     let dir = sys::reopen(root, libc::O_RDONLY | libc::O_DIRECTORY)?;
@@ -225,6 +244,7 @@ mod tests {
             needs_full: false,
             lags: false,
             taken_out: false,
+            left: Vec::new(),
         }
     }
 

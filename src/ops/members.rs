@@ -1,5 +1,5 @@
 //! Changes to the replicas of a running mirror asked for by hand (`mirrorfs replica`):
-//! taking a replica out for maintenance and bringing it back.
+//! taking a replica out for maintenance and bringing it back, and removing one.
 //!
 //! A replica taken out is failed like one that broke, except that the prober leaves it
 //! alone and the fact is recorded on the replica itself, so a later mount keeps it out
@@ -7,16 +7,20 @@
 //! and journaled on the replicas in sync; when it is re-admitted, repair copies only
 //! that. Nothing is ever read from a replica while it is out.
 
+use std::os::fd::AsFd;
 use std::path::Path;
 
 use tracing::warn;
 
 use crate::engine::replica::Replica;
+use crate::membership;
 use crate::ops::mirror::MirrorFs;
 use crate::sys;
 
 /// Why a replica is out, as health shows it.
 const TAKEN_OUT: &str = "taken out by hand with mirrorfs replica fail";
+/// Why a replica removed from the set is out, in the log.
+const REMOVED: &str = "removed from the mirror with mirrorfs replica remove";
 
 impl MirrorFs {
     /// The replica served from `path`, or a one-line reason naming the replicas there are.
@@ -24,12 +28,12 @@ impl MirrorFs {
         self.core
             .replicas
             .iter()
+            .filter(|r| self.core.set.removed() & (1 << r.index) == 0)
             .find(|r| r.path == path)
             .ok_or_else(|| {
                 let all: Vec<String> = self
                     .core
-                    .replicas
-                    .iter()
+                    .members(self.core.every())
                     .map(|r| r.path.display().to_string())
                     .collect();
                 format!(
@@ -48,19 +52,8 @@ impl MirrorFs {
         if r.taken_out() {
             return Err(format!("{} is taken out already", path.display()));
         }
+        self.others_in_sync(r)?;
         let set = &self.core.set;
-        let others = self
-            .core
-            .members(set.current() & set.active() & !(1 << r.index))
-            .filter(|o| o.failure().is_none())
-            .count();
-        if others == 0 {
-            return Err(format!(
-                "refused: {} is the only replica in sync; without it the mirror would have \
-                 nothing to serve from",
-                path.display()
-            ));
-        }
         r.take_out(TAKEN_OUT.to_string());
         self.records.fail_replica(r);
         warn!(replica = %r.path.display(), "replica taken out by hand; what it misses is recorded");
@@ -91,6 +84,75 @@ impl MirrorFs {
              health`)",
             path.display()
         ))
+    }
+
+    /// Refuses (with why) a change that would leave no replica in sync but `r`'s.
+    fn others_in_sync(&self, r: &Replica) -> Result<(), String> {
+        let set = &self.core.set;
+        let others = self
+            .core
+            .members(set.current() & set.active() & !(1 << r.index))
+            .filter(|o| o.failure().is_none())
+            .count();
+        if others == 0 {
+            return Err(format!(
+                "refused: {} is the only replica in sync; without it the mirror would have \
+                 nothing to serve from",
+                r.path.display()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Removes the replica at `path` from the mirror: it takes part in nothing from now
+    /// on, every other replica records that it is no member any more, and its own state
+    /// and journal go, so that a later mount takes it only with `--init`. Its files stay
+    /// as they are. Refused when no other replica in sync would be left.
+    pub fn remove_replica(&self, path: &Path) -> Result<String, String> {
+        let r = self.replica_at(path)?;
+        self.others_in_sync(r)?;
+        // Failed first: the others move to a new generation, so that even before the
+        // removal is recorded, a crash leaves it behind them, never trusted.
+        r.take_out(REMOVED.to_string());
+        self.records.fail_replica(r);
+        let unrecorded = self.core.set.remove(&self.core.replicas, r.index);
+        self.records.forget(r);
+        for h in self.core.files.all() {
+            h.drop_fd(r.index);
+        }
+        for (i, e) in &unrecorded {
+            warn!(
+                replica = %self.core.replicas[*i].path.display(),
+                error = %sys::describe(e),
+                "cannot record there that a replica was removed"
+            );
+        }
+        let root = r.root();
+        let left = r
+            .live
+            .call("remove", move || membership::state::leave(root.as_fd()));
+        r.release_lock();
+        warn!(replica = %r.path.display(), "replica removed from the mirror");
+        Ok(match left {
+            Ok(()) => format!(
+                "{} is removed from the mirror; its files stay as they are, and mounting it \
+                 again needs --init",
+                path.display()
+            ),
+            Err(e) => format!(
+                "{} is removed from the mirror (its own record could not be removed: {}; \
+                 the other replicas refuse it all the same)",
+                path.display(),
+                sys::describe(&e)
+            ),
+        })
+    }
+
+    /// At mount: each replica holds its lock (by index) from now on.
+    pub fn hold_locks(&self, locks: Vec<(usize, std::os::fd::OwnedFd)>) {
+        for (i, lock) in locks {
+            self.core.replicas[i].hold_lock(lock);
+        }
     }
 
     /// At mount: the replicas recorded as taken out stay out. One holding the latest data

@@ -26,8 +26,7 @@ impl MirrorFs {
         let (active, full) = (self.core.set.active(), self.core.set.needs_full());
         let replicas = self
             .core
-            .replicas
-            .iter()
+            .members(self.core.every())
             .map(|r| {
                 let bit = 1 << r.index;
                 let mut out = Vec::new();
@@ -142,6 +141,7 @@ impl Daemon for MirrorFs {
         match change {
             ReplicaChange::Fail => self.take_out(path),
             ReplicaChange::Readmit => self.bring_back(path),
+            ReplicaChange::Remove => self.remove_replica(path),
         }
     }
 }

@@ -323,7 +323,11 @@ impl Repair {
             warn!("no in-sync replica to compare against; full comparison not started");
             return;
         };
-        for r in self.core.replicas.iter().filter(|r| r.index != keep) {
+        for r in self
+            .core
+            .members(self.core.every())
+            .filter(|r| r.index != keep)
+        {
             self.records.require_full(r);
         }
         info!("full comparison of every replica requested");

@@ -50,6 +50,16 @@ fn refused(m: &Mirror, action: &str, replica: &Path, why: &str) -> String {
     err
 }
 
+/// Writes `bytes` at `offset` of `rel` through the mount, and syncs it.
+fn overwrite(m: &Mirror, rel: &str, offset: u64, bytes: &[u8]) {
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.path(rel))
+        .unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+    f.sync_all().unwrap();
+}
+
 fn health_code(m: &Mirror) -> Option<i32> {
     mirrorfs(&[OsStr::new("health"), m.mnt.as_os_str()])
         .status
@@ -125,13 +135,7 @@ fn a_replica_taken_out_under_load_misses_writes_and_is_repaired_by_range() {
     );
 
     // A write while it is out reaches replica 0 alone.
-    let f = fs::OpenOptions::new()
-        .write(true)
-        .open(m.path("big"))
-        .unwrap();
-    f.write_all_at(&vec![2u8; MIB], 10 * MIB as u64).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    overwrite(&m, "big", 10 * MIB as u64, &vec![2u8; MIB]);
     let mut chunk = vec![0u8; MIB];
     let held = fs::File::open(m.replica(1, "big")).unwrap();
     held.read_exact_at(&mut chunk, 10 * MIB as u64).unwrap();
@@ -222,4 +226,111 @@ fn replica_changes_that_cannot_be_made_are_refused_and_change_nothing() {
     change(&m, "readmit", 1);
     m.wait_in_sync();
     m.assert_in_sync();
+}
+
+#[test]
+fn a_crash_while_a_replica_is_out_leaves_it_out_and_trusted_for_nothing_it_missed() {
+    let mut m = Mirror::new(2);
+    fs::write(m.path("f"), vec![1u8; MIB]).unwrap();
+    m.wait_in_sync();
+    change(&m, "fail", 1);
+    overwrite(&m, "f", 4096, b"changed while out");
+    fs::write(m.path("new"), b"made while out").unwrap();
+    m.kill_daemon();
+    m.mount();
+    let st = replica_status(&m, 1);
+    assert_eq!(st["state"], "failed", "{st}");
+    // Nothing is read from it: the mount shows what replica 0 holds.
+    assert_eq!(
+        &fs::read(m.path("f")).unwrap()[4096..4113],
+        b"changed while out"
+    );
+    assert!(!m.replica(1, "new").exists());
+    change(&m, "readmit", 1);
+    m.wait_in_sync();
+    m.assert_in_sync();
+}
+
+#[test]
+fn a_replica_removed_under_load_leaves_with_its_files_and_is_no_member() {
+    let mut m = Mirror::new(3);
+    fs::write(m.path("before"), b"kept").unwrap();
+    m.wait_in_sync();
+    let writer = Writer::start(&m);
+    std::thread::sleep(Duration::from_millis(200));
+    change(&m, "remove", 2);
+    let gone = m.replicas.pop().unwrap();
+    fs::write(m.path("after"), b"not on the removed one").unwrap();
+    let records = writer.stop();
+    m.wait_in_sync();
+    m.assert_in_sync();
+    assert_eq!(health_code(&m), Some(0), "the mirror is whole without it");
+    assert_eq!(
+        m.status()["daemon"]["replicas"].as_array().unwrap().len(),
+        2
+    );
+    assert_eq!(
+        fs::read_to_string(m.replica(1, "log"))
+            .unwrap()
+            .lines()
+            .count() as u64,
+        records
+    );
+    // Its files stay; it is no member of any mirror, and no longer locked.
+    assert_eq!(fs::read(gone.join("before")).unwrap(), b"kept");
+    assert!(!gone.join("after").exists());
+    assert!(!gone.join(".mirrorfs/state.json").exists());
+    refused(&m, "remove", &gone, "is not a replica of this mirror");
+    let fresh = m.dir.path().join("fresh");
+    let other_mnt = m.dir.path().join("other");
+    fs::create_dir(&fresh).unwrap();
+    fs::create_dir(&other_mnt).unwrap();
+    let mount_other = |init: bool| {
+        let mut args = vec![
+            OsStr::new("mount"),
+            gone.as_os_str(),
+            fresh.as_os_str(),
+            other_mnt.as_os_str(),
+        ];
+        if init {
+            args.push(OsStr::new("--init"));
+        }
+        mirrorfs(&args)
+    };
+    let out = mount_other(false);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--init"));
+    let out = mount_other(true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _other = crate::common::Unmount(other_mnt.clone());
+    assert_eq!(fs::read(other_mnt.join("before")).unwrap(), b"kept");
+    let out = mirrorfs(&[OsStr::new("umount"), other_mnt.as_os_str()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The two left are the whole mirror: mounted again with them alone, it is in sync.
+    m.unmount();
+    m.mount();
+    assert_eq!(health_code(&m), Some(0));
+    m.assert_in_sync();
+}
+
+#[test]
+fn removing_the_last_replica_in_sync_is_refused() {
+    let m = Mirror::new(2);
+    fs::write(m.path("f"), b"1").unwrap();
+    change(&m, "fail", 1);
+    refused(&m, "remove", &m.replicas[0], "the only replica in sync");
+    assert_eq!(replica_status(&m, 0)["state"], "in-sync");
+    // A failed replica may go, though: the one in sync stays.
+    change(&m, "remove", 1);
+    assert_eq!(health_code(&m), Some(0));
+    fs::write(m.path("g"), b"2").unwrap();
+    assert!(!m.replica(1, "g").exists());
 }

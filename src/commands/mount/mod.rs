@@ -244,6 +244,8 @@ pub fn run(args: MountArgs) -> Result<(), CliError> {
     if let Some(r) = ready.as_mut() {
         r.ok();
     }
+    // Each replica holds its own lock from now on: one removed while mounted lets go.
+    mounted.fs.hold_locks(locks.take());
     let result = mounted.serve();
     drop(locks);
     result
