@@ -17,6 +17,9 @@ Examples:
   mirrorfs replica fail /mnt/data /disk2/data      take /disk2/data out for maintenance
   mirrorfs replica readmit /mnt/data /disk2/data   bring it back; repair copies what it missed
   mirrorfs replica remove /mnt/data /disk2/data    it leaves the mirror for good
+  mirrorfs replica split /mnt/data /disk2/data     a consistent standalone copy, now
+  mirrorfs replica split --rejoin /mnt/data /disk2/data
+                                                   the copy comes back
 
 A replica taken out stays out, across mounts, until it is re-admitted. Follow the repair \
 with `mirrorfs health MOUNTPOINT`.")]
@@ -37,6 +40,20 @@ pub enum Action {
     /// member any more (mounting it again needs --init); its files stay as they are.
     /// Refused for the last replica in sync.
     Remove(Target),
+    /// Split an in-sync replica off as a standalone copy of the whole tree as of one
+    /// instant (changes wait a moment while its filesystem is synced); the mirror goes on
+    /// with the others. With --rejoin, bring the copy back: by range if nothing changed
+    /// it since, else by a full comparison.
+    Split(SplitTarget),
+}
+
+#[derive(Debug, Args)]
+pub struct SplitTarget {
+    #[command(flatten)]
+    pub target: Target,
+    /// Bring a replica split off back instead.
+    #[arg(long)]
+    pub rejoin: bool,
 }
 
 #[derive(Debug, Args)]
@@ -52,6 +69,8 @@ pub fn run(args: ReplicaArgs) -> Result<(), CliError> {
         Action::Fail(t) => (ReplicaChange::Fail, t),
         Action::Readmit(t) => (ReplicaChange::Readmit, t),
         Action::Remove(t) => (ReplicaChange::Remove, t),
+        Action::Split(s) if s.rejoin => (ReplicaChange::Rejoin, &s.target),
+        Action::Split(s) => (ReplicaChange::Split, &s.target),
     };
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {

@@ -24,6 +24,8 @@ const REPAIR_FULL: &str = "repair-full";
 const REPLICA_FAIL: &str = "replica-fail";
 const REPLICA_READMIT: &str = "replica-readmit";
 const REPLICA_REMOVE: &str = "replica-remove";
+const REPLICA_SPLIT: &str = "replica-split";
+const REPLICA_REJOIN: &str = "replica-rejoin";
 
 /// How long either side waits for the other.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,6 +42,10 @@ pub enum ReplicaChange {
     Readmit,
     /// Remove a replica from the set.
     Remove,
+    /// Split a replica off as a standalone copy.
+    Split,
+    /// Bring a replica split off back.
+    Rejoin,
 }
 
 pub fn socket_path(mount_point: &Path) -> PathBuf {
@@ -139,11 +145,17 @@ fn answer(daemon: &dyn Daemon, mount_point: &Path, stream: UnixStream) -> std::i
             out.write_all(b"{\"ok\":true}\n")
         }
         request => match request.split_once(' ') {
-            Some((word @ (REPLICA_FAIL | REPLICA_READMIT | REPLICA_REMOVE), path)) => {
+            Some((
+                word @ (REPLICA_FAIL | REPLICA_READMIT | REPLICA_REMOVE | REPLICA_SPLIT
+                | REPLICA_REJOIN),
+                path,
+            )) => {
                 let change = match word {
                     REPLICA_FAIL => ReplicaChange::Fail,
                     REPLICA_READMIT => ReplicaChange::Readmit,
-                    _ => ReplicaChange::Remove,
+                    REPLICA_REMOVE => ReplicaChange::Remove,
+                    REPLICA_SPLIT => ReplicaChange::Split,
+                    _ => ReplicaChange::Rejoin,
                 };
                 let result = if crate::sys::peer_uid(stream.as_fd())? != 0 {
                     Err("only root may change the replicas of a mirror".to_string())
@@ -214,6 +226,8 @@ pub fn change_replica(
         ReplicaChange::Fail => REPLICA_FAIL,
         ReplicaChange::Readmit => REPLICA_READMIT,
         ReplicaChange::Remove => REPLICA_REMOVE,
+        ReplicaChange::Split => REPLICA_SPLIT,
+        ReplicaChange::Rejoin => REPLICA_REJOIN,
     };
     let request = format!("{word} {}", serde_json::Value::from(path));
     let answer: serde_json::Value =

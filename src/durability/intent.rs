@@ -290,11 +290,41 @@ pub fn now() -> u64 {
 }
 
 /// Changes under way, counted by the parity of the epoch they began in (at most two
-/// epochs are open at once).
+/// epochs are open at once), and the gate that holds new ones back while the mirror is
+/// frozen (see [`Flights::freeze`]).
 #[derive(Debug, Default)]
 pub struct Flights {
-    open: Mutex<[u64; 2]>,
+    state: Mutex<FlightState>,
+    /// Signalled when a change ends, when one has begun, and when the gate opens.
     ended: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct FlightState {
+    open: [u64; 2],
+    /// Changes past the gate that have not begun yet.
+    entering: u64,
+    frozen: bool,
+}
+
+/// A change past the gate, about to begin: the gate cannot close on it.
+pub struct Entering<'a>(&'a Flights);
+
+impl Drop for Entering<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().expect("flights lock").entering -= 1;
+        self.0.ended.notify_all();
+    }
+}
+
+/// The mirror frozen: no change is under way, and none begins until this is dropped.
+pub struct Frozen<'a>(&'a Flights);
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().expect("flights lock").frozen = false;
+        self.0.ended.notify_all();
+    }
 }
 
 /// A change under way; it ends when this is dropped.
@@ -305,10 +335,21 @@ pub struct Flight {
 }
 
 impl Flights {
+    /// Waits while the mirror is frozen, then lets a change through the gate; it must
+    /// [`begin`](Flights::begin) before the returned token is dropped.
+    pub fn enter(&self) -> Entering<'_> {
+        let mut s = self.state.lock().expect("flights lock");
+        while s.frozen {
+            s = self.ended.wait(s).expect("flights lock");
+        }
+        s.entering += 1;
+        Entering(self)
+    }
+
     /// A change begins in `epoch`.
     pub fn begin(self: &Arc<Flights>, epoch: u64) -> Flight {
         let slot = (epoch % 2) as usize;
-        self.open.lock().expect("flights lock")[slot] += 1;
+        self.state.lock().expect("flights lock").open[slot] += 1;
         Flight {
             flights: self.clone(),
             slot,
@@ -318,16 +359,31 @@ impl Flights {
     /// Waits until every change begun in `epoch` has ended.
     pub fn wait(&self, epoch: u64) {
         let slot = (epoch % 2) as usize;
-        let mut open = self.open.lock().expect("flights lock");
-        while open[slot] > 0 {
-            open = self.ended.wait(open).expect("flights lock");
+        let mut s = self.state.lock().expect("flights lock");
+        while s.open[slot] > 0 {
+            s = self.ended.wait(s).expect("flights lock");
         }
+    }
+
+    /// Freezes the mirror: closes the gate to new changes and waits until every change
+    /// under way has ended (queued ones included). Changes wait at the gate until the
+    /// returned guard is dropped; nothing is refused.
+    pub fn freeze(&self) -> Frozen<'_> {
+        let mut s = self.state.lock().expect("flights lock");
+        while s.frozen {
+            s = self.ended.wait(s).expect("flights lock");
+        }
+        s.frozen = true;
+        while s.entering > 0 || s.open != [0, 0] {
+            s = self.ended.wait(s).expect("flights lock");
+        }
+        Frozen(self)
     }
 }
 
 impl Clone for Flight {
     fn clone(&self) -> Flight {
-        self.flights.open.lock().expect("flights lock")[self.slot] += 1;
+        self.flights.state.lock().expect("flights lock").open[self.slot] += 1;
         Flight {
             flights: self.flights.clone(),
             slot: self.slot,
@@ -337,9 +393,9 @@ impl Clone for Flight {
 
 impl Drop for Flight {
     fn drop(&mut self) {
-        let mut open = self.flights.open.lock().expect("flights lock");
-        open[self.slot] -= 1;
-        if open[self.slot] == 0 {
+        let mut s = self.flights.state.lock().expect("flights lock");
+        s.open[self.slot] -= 1;
+        if s.open[self.slot] == 0 {
             self.flights.ended.notify_all();
         }
     }
@@ -369,6 +425,8 @@ impl Epochs {
     /// epoch covers it already). The change is under way until the returned flight is
     /// dropped.
     pub fn intend(&self, scopes: &[Scope]) -> Flight {
+        // Before the journal lock: a freeze takes it while changes wait at the gate.
+        let _entering = self.flights.enter();
         let mut j = self.records.journal();
         if !self.core.set.read_only() {
             let records = j.intents.add(&mut self.core.table(), scopes);
@@ -378,6 +436,11 @@ impl Epochs {
             }
         }
         self.flights.begin(j.intents.epoch())
+    }
+
+    /// Freezes the mirror (see [`Flights::freeze`]).
+    pub fn freeze(&self) -> Frozen<'_> {
+        self.flights.freeze()
     }
 
     /// `ino` was made by the change under `flight`, which intended its parent's listing:
@@ -648,4 +711,32 @@ mod tests {
         assert!(levelled.into_inner());
         assert_eq!((unsettled(0), unsettled(1)), (0, 0));
     }
+
+    #[test]
+    fn a_freeze_waits_for_changes_under_way_and_holds_new_ones_until_it_ends() {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        let flights = Arc::new(Flights::default());
+        let under_way = flights.begin(1);
+        let frozen = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let guard = flights.freeze();
+                frozen.store(true, SeqCst);
+                std::thread::sleep(Duration::from_millis(30));
+                frozen.store(false, SeqCst);
+                drop(guard);
+            });
+            std::thread::sleep(Duration::from_millis(30));
+            assert!(!frozen.load(SeqCst), "froze with a change under way");
+            drop(under_way);
+            while !frozen.load(SeqCst) {
+                std::thread::yield_now();
+            }
+            let entering = flights.enter();
+            assert!(!frozen.load(SeqCst), "a change began while frozen");
+            let _flight = flights.begin(2);
+            drop(entering);
+        });
+    }
 }
+

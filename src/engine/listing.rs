@@ -1,5 +1,6 @@
 //! Reading a directory of one replica: its entries with their kinds, without the
-//! metadata directory at the replica's root.
+//! metadata directory at the replica's root; and whether anything in its tree changed
+//! since an instant.
 
 use std::ffi::OsString;
 use std::io;
@@ -45,4 +46,36 @@ pub fn list(dir: &OwnedFd, is_root: bool) -> io::Result<Vec<Entry>> {
 pub fn holds(list: &[Entry], entry: &Entry) -> bool {
     list.binary_search_by(|e| e.name.as_os_str().cmp(&entry.name))
         .is_ok_and(|at| list[at].kind == entry.kind)
+}
+
+/// Whether anything in the tree under `root` (the metadata directory aside) changed after
+/// `at` (nanoseconds since the epoch): a node made, written, renamed, removed from a
+/// directory or given other attributes has a newer ctime, which nobody can set back.
+pub fn changed_since(root: &OwnedFd, at: u64) -> io::Result<bool> {
+    let newer = |st: &sys::Stat| {
+        let ns = (st.st_ctime as i128) * 1_000_000_000 + st.st_ctime_nsec as i128;
+        ns > at as i128
+    };
+    let top = sys::reopen(root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+    if newer(&sys::fstat(top.as_fd())?) {
+        return Ok(true);
+    }
+    let mut dirs = vec![(top, true)];
+    while let Some((dir, is_root)) = dirs.pop() {
+        for e in read_listing(&dir, is_root)? {
+            if newer(&sys::statat(dir.as_fd(), &e.name)?) {
+                return Ok(true);
+            }
+            if e.kind == fuser::FileType::Directory {
+                let sub = sys::openat(
+                    dir.as_fd(),
+                    &e.name,
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                    0,
+                )?;
+                dirs.push((sub, false));
+            }
+        }
+    }
+    Ok(false)
 }

@@ -264,6 +264,25 @@ impl MirrorSet {
         Ok(())
     }
 
+    /// Records on `replica` that it is split off at `at` (nanoseconds since the epoch; it
+    /// is taken out too), or, with `None`, that it rejoins (and is no longer out).
+    pub fn record_split(&self, replica: &Replica, at: Option<u64>) -> std::io::Result<()> {
+        let mut states = self.states.lock().expect("set lock");
+        let mut st = states[replica.index].clone();
+        st.split_at = at;
+        st.taken_out = at.is_some();
+        if !self.read_only {
+            save(replica, &st)?;
+        }
+        states[replica.index] = st;
+        Ok(())
+    }
+
+    /// When replica `index` was split off, if it was.
+    pub fn split_at(&self, index: usize) -> Option<u64> {
+        self.states.lock().expect("set lock")[index].split_at
+    }
+
     /// Whether replica `index` is recorded as taken out by hand.
     pub fn is_taken_out(&self, index: usize) -> bool {
         self.states.lock().expect("set lock")[index].taken_out
@@ -328,6 +347,10 @@ impl MirrorSet {
         for r in replicas.iter().filter(|r| removed & (1 << r.index) == 0) {
             let bit = 1 << r.index;
             let st = &mut states[r.index];
+            // A copy split off is no longer this mirror's to write.
+            if st.split_at.is_some() {
+                continue;
+            }
             let before = st.clone();
             // Every queue was applied before a clean shutdown.
             st.lags = false;

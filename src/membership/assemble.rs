@@ -125,10 +125,15 @@ pub fn assemble(given: &[Given], init: bool, source: Option<&PathBuf>) -> Result
         .filter_map(|g| g.state.as_ref())
         .flat_map(|s| s.left.iter().map(String::as_str))
         .collect();
+    // A copy split off, given without a replica of its mirror that was not: with --init
+    // it starts a new mirror from its contents.
+    let member_given = given
+        .iter()
+        .any(|g| g.state.as_ref().is_some_and(|s| s.split_at.is_none()));
     let was_removed = |g: &Given| {
-        g.state
-            .as_ref()
-            .is_some_and(|s| left.contains(&s.replica.as_str()))
+        g.state.as_ref().is_some_and(|s| {
+            left.contains(&s.replica.as_str()) || (init && !member_given && s.split_at.is_some())
+        })
     };
     if let Some(g) = given.iter().find(|g| was_removed(g)) {
         if !init {
@@ -249,6 +254,13 @@ fn assemble_members(
     };
 
     let head_state = state(head);
+    if head_state.split_at.is_some() {
+        return Err(format!(
+            "replica {} was split off from its mirror: mount it with --init to start a new \
+             mirror from it, or give the mirror's other replicas too",
+            show(&given[head])
+        ));
+    }
     if head_state.lags && !head_state.clean {
         // Async mode ended in a crash, and the primary is not given: the head may lack
         // writes the primary acknowledged.
@@ -393,6 +405,7 @@ fn new_mirror(given: &[Given], init: bool, source: Option<usize>) -> Result<Asse
             lags: false,
             taken_out: false,
             left: Vec::new(),
+            split_at: None,
         });
         roles.push(if in_sync { Role::InSync } else { Role::Full });
     }

@@ -57,6 +57,11 @@ pub struct ReplicaState {
     /// comes back is not a member again unless added anew (`--init`).
     #[serde(default)]
     pub left: Vec<String>,
+    /// Split off as a standalone copy (`mirrorfs replica split`) at this instant
+    /// (nanoseconds since the epoch): it holds the mirror as of then, and can rejoin by
+    /// range if nothing in it changed since.
+    #[serde(default)]
+    pub split_at: Option<u64>,
 }
 
 /// A random 128-bit id as hex.
@@ -91,6 +96,7 @@ impl ReplicaState {
             lags: false,
             taken_out: false,
             left: Vec::new(),
+            split_at: None,
         }
     }
 
@@ -245,6 +251,7 @@ mod tests {
             lags: false,
             taken_out: false,
             left: Vec::new(),
+            split_at: None,
         }
     }
 

@@ -19,6 +19,8 @@ use crate::sys;
 
 /// Why a replica is out, as health shows it.
 const TAKEN_OUT: &str = "taken out by hand with mirrorfs replica fail";
+/// Why a replica split off is out, as health shows it.
+const SPLIT: &str = "split off with mirrorfs replica split";
 /// Why a replica removed from the set is out, in the log.
 const REMOVED: &str = "removed from the mirror with mirrorfs replica remove";
 
@@ -76,8 +78,15 @@ impl MirrorFs {
     /// repair copies what it missed.
     pub fn bring_back(&self, path: &Path) -> Result<String, String> {
         let r = self.replica_at(path)?;
+        if self.core.set.split_at(r.index).is_some() {
+            return Err(format!(
+                "{} was split off; bring it back with `mirrorfs replica split --rejoin`, \
+                 which checks that nothing changed it",
+                path.display()
+            ));
+        }
         self.prober
-            .readmit_now(r)
+            .readmit_now(r, false)
             .map_err(|why| format!("cannot readmit {}: {why}", path.display()))?;
         Ok(format!(
             "{} is readmitted; repair brings it what it missed (follow it with `mirrorfs \
@@ -145,6 +154,126 @@ impl MirrorFs {
                 path.display(),
                 sys::describe(&e)
             ),
+        })
+    }
+
+    /// Splits the replica at `path` off as a standalone copy of the whole tree as of one
+    /// instant: the mirror is frozen (changes under way end, new ones wait), the replica's
+    /// filesystem is synced, and it is taken out and recorded as split; then changes go
+    /// on. It must be in sync, and not the last replica in sync. Its lock is released: it
+    /// can be mounted as a new mirror (`--init`), or rejoin this one.
+    pub fn split(&self, path: &Path) -> Result<String, String> {
+        let r = self.replica_at(path)?;
+        self.others_in_sync(r)?;
+        let in_sync = |r: &Replica| {
+            let bit = 1 << r.index;
+            let set = &self.core.set;
+            r.failure().is_none()
+                && set.current() & set.active() & bit != 0
+                && !self.records.has_marks(r.index)
+        };
+        if !in_sync(r) {
+            return Err(format!(
+                "{} is not in sync; only a replica that holds every change can be split off",
+                path.display()
+            ));
+        }
+        let frozen = self.epochs.freeze();
+        // A change that ended meanwhile may have left it out of sync.
+        if !in_sync(r) {
+            return Err(format!(
+                "{} fell out of sync while the mirror was frozen; try again once it is in \
+                 sync",
+                path.display()
+            ));
+        }
+        let at = crate::tree::attr::unix_nanos(std::time::SystemTime::now());
+        if let Err(e) = r.syncfs() {
+            return Err(format!(
+                "cannot flush {}'s filesystem: {}",
+                path.display(),
+                sys::describe(&e)
+            ));
+        }
+        r.take_out(format!("{SPLIT} at {}", at / 1_000_000_000));
+        self.records.fail_replica(r);
+        let recorded = self.core.set.record_split(r, Some(at));
+        drop(frozen);
+        r.release_lock();
+        warn!(replica = %r.path.display(), "replica split off as a standalone copy");
+        match recorded {
+            Ok(()) => Ok(format!(
+                "{} is split off: a standalone copy of the mirror as it was at {}; mount it \
+                 with --init to use it as a new mirror, or bring it back with `mirrorfs \
+                 replica split --rejoin`",
+                path.display(),
+                at / 1_000_000_000
+            )),
+            Err(e) => Ok(format!(
+                "{} is split off, but that could not be recorded on it ({}): it can only \
+                 come back by a full comparison",
+                path.display(),
+                sys::describe(&e)
+            )),
+        }
+    }
+
+    /// Brings back a replica split off: by the ranges the mirror changed since, if
+    /// nothing changed the copy itself (no ctime in its tree is newer than the split, and
+    /// its record is the one made then); else by a full comparison.
+    pub fn rejoin(&self, path: &Path) -> Result<String, String> {
+        let r = self.replica_at(path)?;
+        let Some(at) = self.core.set.split_at(r.index) else {
+            return Err(format!("{} was not split off", path.display()));
+        };
+        let want = self.core.set.state(r.index);
+        let (root, where_) = (r.root(), r.path.clone());
+        let checked = r.live.call("rejoin", move || {
+            let lock = match membership::lock::lock_root(&root, &where_) {
+                Ok(lock) => lock,
+                Err(refusal) => return Ok(Err(refusal.0)),
+            };
+            let same_record = membership::state::ReplicaState::load(root.as_fd())
+                .ok()
+                .flatten()
+                .is_some_and(|st| st == want);
+            let changed = !same_record || crate::engine::listing::changed_since(&root, at)?;
+            Ok(Ok((lock, changed)))
+        });
+        let (lock, changed) = match checked {
+            Ok(Ok(found)) => found,
+            Ok(Err(why)) => return Err(format!("cannot rejoin {}: {why}", path.display())),
+            Err(e) => {
+                return Err(format!(
+                    "cannot rejoin {}: {}",
+                    path.display(),
+                    sys::describe(&e)
+                ));
+            }
+        };
+        r.hold_lock(lock);
+        self.core.set.record_split(r, None).map_err(|e| {
+            format!(
+                "cannot record it on {}: {}",
+                path.display(),
+                sys::describe(&e)
+            )
+        })?;
+        self.prober
+            .readmit_now(r, changed)
+            .map_err(|why| format!("cannot rejoin {}: {why}", path.display()))?;
+        Ok(if changed {
+            format!(
+                "{} rejoins; it was changed since it was split off, so it is compared in \
+                 full (follow it with `mirrorfs health`)",
+                path.display()
+            )
+        } else {
+            format!(
+                "{} rejoins; repair copies what the mirror changed since the split (follow \
+                 it with `mirrorfs health`)",
+                path.display()
+            )
         })
     }
 

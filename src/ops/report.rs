@@ -142,6 +142,8 @@ impl Daemon for MirrorFs {
             ReplicaChange::Fail => self.take_out(path),
             ReplicaChange::Readmit => self.bring_back(path),
             ReplicaChange::Remove => self.remove_replica(path),
+            ReplicaChange::Split => self.split(path),
+            ReplicaChange::Rejoin => self.rejoin(path),
         }
     }
 }

@@ -332,8 +332,9 @@ impl Prober {
 
     /// Re-admits a failed replica now, as asked by hand (`mirrorfs replica readmit`): a
     /// small write, sync and removal must work there first. What it missed is repaired
-    /// by range from the marks. Says why not when it cannot be.
-    pub fn readmit_now(&self, r: &Replica) -> Result<(), String> {
+    /// by range from the marks, or (`needs_full`) it is compared in full. Says why not
+    /// when it cannot be.
+    pub fn readmit_now(&self, r: &Replica, needs_full: bool) -> Result<(), String> {
         if r.failure().is_none() {
             return Err("it is not failed: there is nothing to readmit".into());
         }
@@ -373,8 +374,8 @@ impl Prober {
         }
         r.clear_failure();
         self.reset_backoff(r);
-        self.records.readmit(r, false);
-        info!(replica = %r.path.display(), "replica readmitted by hand; repair brings it what it missed");
+        self.records.readmit(r, needs_full);
+        info!(replica = %r.path.display(), needs_full, "replica readmitted by hand; repair brings it what it missed");
         self.repair.request(crate::repair::Request::Wake);
         Ok(())
     }
@@ -449,10 +450,15 @@ mod tests {
         core.set.record_taken_out(r, true).unwrap();
         prober.probe();
         assert!(r.taken_out());
-        prober.readmit_now(r).unwrap();
+        prober.readmit_now(r, false).unwrap();
         assert!(r.failure().is_none() && !core.set.is_taken_out(1));
         repair.repair_round();
         assert_eq!(core.set.current(), 0b11);
-        assert!(prober.readmit_now(r).unwrap_err().contains("not failed"));
+        assert!(
+            prober
+                .readmit_now(r, false)
+                .unwrap_err()
+                .contains("not failed")
+        );
     }
 }

@@ -16,13 +16,17 @@ use crate::common::{Mirror, mirrorfs};
 
 const MIB: usize = 1 << 20;
 
+/// `mirrorfs replica ACTION [--rejoin] MOUNTPOINT REPLICA`; "rejoin" stands for
+/// `split --rejoin`.
 fn replica_cmd(m: &Mirror, action: &str, replica: &Path) -> Output {
-    mirrorfs(&[
-        OsStr::new("replica"),
-        OsStr::new(action),
-        m.mnt.as_os_str(),
-        replica.as_os_str(),
-    ])
+    let words: &[&str] = match action {
+        "rejoin" => &["split", "--rejoin"],
+        other => &[other][..],
+    };
+    let mut args = vec![OsStr::new("replica")];
+    args.extend(words.iter().map(OsStr::new));
+    args.extend([m.mnt.as_os_str(), replica.as_os_str()]);
+    mirrorfs(&args)
 }
 
 /// Runs `mirrorfs replica ACTION` and asserts it succeeded.
@@ -86,7 +90,9 @@ impl Writer {
             let mut file = fs::File::create(&path).unwrap();
             let mut n = 0u64;
             while !flag.load(Ordering::Relaxed) {
-                writeln!(file, "record {n:08}").expect("a write through the mount failed");
+                // One write(2) per record: a copy taken between two holds whole records.
+                file.write_all(format!("record {n:08}\n").as_bytes())
+                    .expect("a write through the mount failed");
                 n += 1;
                 if n.is_multiple_of(64) {
                     file.sync_data().expect("an fsync through the mount failed");
@@ -333,4 +339,79 @@ fn removing_the_last_replica_in_sync_is_refused() {
     assert_eq!(health_code(&m), Some(0));
     fs::write(m.path("g"), b"2").unwrap();
     assert!(!m.replica(1, "g").exists());
+}
+
+#[test]
+fn a_split_copy_holds_the_mirror_as_of_one_instant_and_rejoins_by_range() {
+    let m = Mirror::new(3);
+    fs::write(m.path("big"), vec![1u8; 16 * MIB]).unwrap();
+    m.wait_in_sync();
+    let writer = Writer::start(&m);
+    std::thread::sleep(Duration::from_millis(300));
+    change(&m, "split", 2);
+    std::thread::sleep(Duration::from_millis(300));
+    overwrite(&m, "big", MIB as u64, b"after the split");
+    let records = writer.stop();
+    // The copy stops between two records; the mirror went on.
+    let copy = fs::read_to_string(m.replica(2, "log")).unwrap();
+    let all = fs::read_to_string(m.path("log")).unwrap();
+    let kept = copy.lines().count() as u64;
+    assert!(
+        copy.ends_with('\n') && all.starts_with(&copy),
+        "not a prefix"
+    );
+    assert!(
+        kept > 0 && kept < records,
+        "copy {kept} of {records} records"
+    );
+    assert_eq!(fs::read(m.replica(2, "big")).unwrap(), vec![1u8; 16 * MIB]);
+    let st = replica_status(&m, 2);
+    assert_eq!(st["state"], "failed", "{st}");
+    // It is a copy, not this mirror: mounted alone it needs --init.
+    let other = m.dir.path().join("other");
+    fs::create_dir(&other).unwrap();
+    let out = mirrorfs(&[
+        OsStr::new("mount"),
+        m.replicas[2].as_os_str(),
+        other.as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("split off"));
+    refused(&m, "readmit", &m.replicas[2], "split --rejoin");
+    let before = m.status()["daemon"]["repair"]["bytes_repaired"]
+        .as_u64()
+        .unwrap();
+    change(&m, "rejoin", 2);
+    m.wait_in_sync();
+    m.assert_in_sync();
+    // By range: the log's tail and one chunk of big, not big whole.
+    let repaired = m.status()["daemon"]["repair"]["bytes_repaired"]
+        .as_u64()
+        .unwrap()
+        - before;
+    let log = fs::metadata(m.path("log")).unwrap().len();
+    assert!(
+        repaired <= (4 * MIB) as u64 + log,
+        "rejoin copied {repaired} bytes"
+    );
+}
+
+#[test]
+fn a_split_copy_changed_since_rejoins_by_a_full_comparison() {
+    let m = Mirror::new(2);
+    fs::write(m.path("f"), b"mirror").unwrap();
+    change(&m, "split", 1);
+    fs::write(m.replica(1, "f"), b"edited in the copy").unwrap();
+    fs::write(m.replica(1, "stray"), b"made in the copy").unwrap();
+    let out = replica_cmd(&m, "rejoin", &m.replicas[1]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("compared in full"));
+    m.wait_in_sync();
+    m.assert_in_sync();
+    assert_eq!(fs::read(m.replica(1, "f")).unwrap(), b"mirror");
+    assert!(!m.replica(1, "stray").exists());
 }
