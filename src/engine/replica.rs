@@ -167,6 +167,11 @@ impl Replica {
         *self.lock.lock().expect("lock lock") = Some(lock);
     }
 
+    /// Whether this daemon holds the replica's lock.
+    pub fn holds_lock(&self) -> bool {
+        self.lock.lock().expect("lock lock").is_some()
+    }
+
     /// Lets the replica go: another mirror may lock it now.
     pub fn release_lock(&self) {
         *self.lock.lock().expect("lock lock") = None;

@@ -227,11 +227,14 @@ impl MirrorFs {
             return Err(format!("{} was not split off", path.display()));
         };
         let want = self.core.set.state(r.index);
-        let (root, where_) = (r.root(), r.path.clone());
+        let (root, where_, locked) = (r.root(), r.path.clone(), r.holds_lock());
         let checked = r.live.call("rejoin", move || {
-            let lock = match membership::lock::lock_root(&root, &where_) {
-                Ok(lock) => lock,
-                Err(refusal) => return Ok(Err(refusal.0)),
+            let lock = match locked {
+                true => None,
+                false => match membership::lock::lock_root(&root, &where_) {
+                    Ok(lock) => Some(lock),
+                    Err(refusal) => return Ok(Err(refusal.0)),
+                },
             };
             let same_record = membership::state::ReplicaState::load(root.as_fd())
                 .ok()
@@ -251,7 +254,9 @@ impl MirrorFs {
                 ));
             }
         };
-        r.hold_lock(lock);
+        if let Some(lock) = lock {
+            r.hold_lock(lock);
+        }
         self.core.set.record_split(r, None).map_err(|e| {
             format!(
                 "cannot record it on {}: {}",
@@ -277,10 +282,13 @@ impl MirrorFs {
         })
     }
 
-    /// At mount: each replica holds its lock (by index) from now on.
+    /// At mount: each replica holds its lock (by index) from now on, but a copy split
+    /// off, which is free for other uses until it rejoins.
     pub fn hold_locks(&self, locks: Vec<(usize, std::os::fd::OwnedFd)>) {
         for (i, lock) in locks {
-            self.core.replicas[i].hold_lock(lock);
+            if self.core.set.split_at(i).is_none() {
+                self.core.replicas[i].hold_lock(lock);
+            }
         }
     }
 

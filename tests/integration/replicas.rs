@@ -163,15 +163,15 @@ fn a_replica_taken_out_under_load_misses_writes_and_is_repaired_by_range() {
         fs::read(m.replica(1, "big")).unwrap()[10 * MIB..11 * MIB],
         vec![2u8; MIB][..]
     );
-    // Only what it missed was copied: the changed chunk of `big` and the log's tail,
-    // not the whole file.
+    // Only what it missed was copied: the changed chunk of `big` and the log's chunks
+    // (races with the writer may add a few), not the whole file.
     let repaired = m.status()["daemon"]["repair"]["bytes_repaired"]
         .as_u64()
         .unwrap();
     let log = fs::metadata(m.path("log")).unwrap().len();
     assert!(
-        repaired >= MIB as u64 && repaired <= (4 * MIB) as u64 + log,
-        "repair copied {repaired} bytes for 1 MiB of big and a {log}-byte log"
+        repaired >= MIB as u64 && repaired < (size / 2) as u64 + log,
+        "repair copied {repaired} bytes for 1 MiB of a {size}-byte file and a {log}-byte log"
     );
 }
 
@@ -391,8 +391,8 @@ fn a_split_copy_holds_the_mirror_as_of_one_instant_and_rejoins_by_range() {
         - before;
     let log = fs::metadata(m.path("log")).unwrap().len();
     assert!(
-        repaired <= (4 * MIB) as u64 + log,
-        "rejoin copied {repaired} bytes"
+        repaired < (8 * MIB) as u64 + log,
+        "rejoin copied {repaired} bytes for one chunk of a 16 MiB file and a {log}-byte log"
     );
 }
 
@@ -414,4 +414,36 @@ fn a_split_copy_changed_since_rejoins_by_a_full_comparison() {
     m.assert_in_sync();
     assert_eq!(fs::read(m.replica(1, "f")).unwrap(), b"mirror");
     assert!(!m.replica(1, "stray").exists());
+}
+
+#[test]
+fn a_crash_after_a_split_or_a_removal_leaves_a_mirror_that_assembles_and_converges() {
+    let mut m = Mirror::new(3);
+    fs::write(m.path("f"), vec![1u8; MIB]).unwrap();
+    m.wait_in_sync();
+    change(&m, "split", 2);
+    change(&m, "remove", 1);
+    overwrite(&m, "f", 0, b"after both");
+    m.kill_daemon();
+    // The removed replica is no member: given again, it is refused.
+    let removed = m.replicas.remove(1);
+    let mut with_removed = m.replicas.clone();
+    with_removed.push(removed.clone());
+    let out = std::process::Command::new(crate::common::BIN)
+        .arg("mount")
+        .args(&with_removed)
+        .arg(&m.mnt)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--init"));
+    // Without it, the split copy stays out, then rejoins by range.
+    m.mount();
+    let st = replica_status(&m, 1);
+    assert_eq!(st["state"], "failed", "{st}");
+    assert_eq!(&fs::read(m.path("f")).unwrap()[..10], b"after both");
+    assert_eq!(fs::read(m.replica(1, "f")).unwrap(), vec![1u8; MIB]);
+    change(&m, "rejoin", 1);
+    m.wait_in_sync();
+    m.assert_in_sync();
 }
