@@ -367,17 +367,27 @@ impl Flights {
 
     /// Freezes the mirror: closes the gate to new changes and waits until every change
     /// under way has ended (queued ones included). Changes wait at the gate until the
-    /// returned guard is dropped; nothing is refused.
-    pub fn freeze(&self) -> Frozen<'_> {
+    /// returned guard is dropped; nothing is refused. `None`, with the gate open again,
+    /// when the changes under way did not all end within `limit` (one waits on a replica
+    /// that does not answer, or a lane is long).
+    pub fn freeze(&self, limit: Duration) -> Option<Frozen<'_>> {
+        let deadline = std::time::Instant::now() + limit;
         let mut s = self.state.lock().expect("flights lock");
         while s.frozen {
             s = self.ended.wait(s).expect("flights lock");
         }
         s.frozen = true;
         while s.entering > 0 || s.open != [0, 0] {
-            s = self.ended.wait(s).expect("flights lock");
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                s.frozen = false;
+                drop(s);
+                self.ended.notify_all();
+                return None;
+            }
+            s = self.ended.wait_timeout(s, left).expect("flights lock").0;
         }
-        Frozen(self)
+        Some(Frozen(self))
     }
 }
 
@@ -424,9 +434,10 @@ impl Epochs {
     /// A change to `scopes` begins: what it touches is recorded on disk first (unless the
     /// epoch covers it already). The change is under way until the returned flight is
     /// dropped.
-    pub fn intend(&self, scopes: &[Scope]) -> Flight {
-        // Before the journal lock: a freeze takes it while changes wait at the gate.
-        let _entering = self.flights.enter();
+    /// `entered`: the change passed the gate ([`Flights::enter`]); it counts as under
+    /// way from here on.
+    pub fn intend(&self, entered: Entering<'_>, scopes: &[Scope]) -> Flight {
+        let _entered = entered;
         let mut j = self.records.journal();
         if !self.core.set.read_only() {
             let records = j.intents.add(&mut self.core.table(), scopes);
@@ -439,8 +450,8 @@ impl Epochs {
     }
 
     /// Freezes the mirror (see [`Flights::freeze`]).
-    pub fn freeze(&self) -> Frozen<'_> {
-        self.flights.freeze()
+    pub fn freeze(&self, limit: Duration) -> Option<Frozen<'_>> {
+        self.flights.freeze(limit)
     }
 
     /// `ino` was made by the change under `flight`, which intended its parent's listing:
@@ -696,7 +707,7 @@ mod tests {
                 .unwrap()
                 .map_or(0, |p| p.in_flight().len())
         };
-        let flight = epochs.intend(&[Scope::Entries(ROOT)]);
+        let flight = epochs.intend(epochs.flights.enter(), &[Scope::Entries(ROOT)]);
         assert_eq!((unsettled(0), unsettled(1)), (1, 1));
         // Settling waits for the change under way; `level` runs once it has ended.
         let levelled = std::sync::atomic::AtomicBool::new(false);
@@ -720,7 +731,7 @@ mod tests {
         let frozen = AtomicBool::new(false);
         std::thread::scope(|s| {
             s.spawn(|| {
-                let guard = flights.freeze();
+                let guard = flights.freeze(Duration::from_secs(60)).unwrap();
                 frozen.store(true, SeqCst);
                 std::thread::sleep(Duration::from_millis(30));
                 frozen.store(false, SeqCst);
@@ -737,5 +748,13 @@ mod tests {
             let _flight = flights.begin(2);
             drop(entering);
         });
+    }
+
+    #[test]
+    fn a_freeze_that_cannot_drain_in_time_gives_up_and_opens_the_gate() {
+        let flights = Arc::new(Flights::default());
+        let _stuck = flights.begin(1);
+        assert!(flights.freeze(Duration::from_millis(20)).is_none());
+        let _entering = flights.enter();
     }
 }

@@ -297,6 +297,17 @@ impl Replica {
             .is_some_and(|f| f.by_hand)
     }
 
+    /// The replica works again, unless it was taken out by hand (which only a readmit by
+    /// hand undoes): returns whether it is no longer failed.
+    pub fn clear_fault(&self) -> bool {
+        let mut f = self.failure.lock().expect("failure lock");
+        if f.as_ref().is_some_and(|f| f.by_hand) {
+            return false;
+        }
+        *f = None;
+        true
+    }
+
     /// The replica works again.
     pub fn clear_failure(&self) {
         *self.failure.lock().expect("failure lock") = None;

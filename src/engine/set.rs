@@ -123,7 +123,8 @@ impl MirrorSet {
             if !st.left.contains(&id) {
                 st.left.push(id.clone());
             }
-            if self.read_only || self.removed() & (1 << r.index) != 0 {
+            // Nor is a copy split off, which is no longer this mirror's to write.
+            if self.read_only || self.removed() & (1 << r.index) != 0 || st.split_at.is_some() {
                 continue;
             }
             if let Err(e) = save(r, st) {
@@ -244,6 +245,9 @@ impl MirrorSet {
     /// compared in full.
     pub fn readmit(&self, replica: &Replica, needs_full: bool) {
         let bit = 1 << replica.index;
+        if self.removed() & bit != 0 {
+            return;
+        }
         if needs_full || self.needs_full() & bit != 0 {
             self.full.fetch_or(bit, Ordering::AcqRel);
         } else {
@@ -304,6 +308,10 @@ impl MirrorSet {
     /// part in everything. Returns false if that could not be recorded.
     pub fn caught_up(&self, replica: &Replica) -> bool {
         let index = replica.index;
+        // Taken out, removed or split off since repair looked at it: it stays out.
+        if replica.failure().is_some() || self.removed() & (1 << index) != 0 {
+            return false;
+        }
         if !self.read_only {
             let mut states = self.states.lock().expect("set lock");
             let current = self.current();

@@ -129,6 +129,7 @@ impl MirrorFs {
         fh: Option<u64>,
         changes: AttrChanges,
     ) -> io::Result<FileAttr> {
+        let entered = self.enter();
         let handle = fh.and_then(|fh| self.core.files.get(fh));
         let now = attr::timespec(SystemTime::now());
         let time = |t: Option<TimeOrNow>| match t {
@@ -148,7 +149,7 @@ impl MirrorFs {
             Some(size) => Scope::Range(ino, size, u64::MAX),
             None => Scope::Meta(ino),
         };
-        let _flight = self.intend(&[scope])?;
+        let _flight = self.intend(entered, &[scope])?;
         if let (Some(h), Some(_), None) = (&handle, changes.size, changes.mtime) {
             // ftruncate: each replica stamps its own mtime; closing the handle makes them one.
             h.wrote.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -118,10 +118,11 @@ impl MirrorFs {
         let truncate = flags & libc::O_TRUNC != 0;
         let handle = OpenFile::new(ino, writable, bflags, self.core.replicas.len());
         if writable || truncate {
+            let entered = truncate.then(|| self.enter());
             let _order = truncate.then(|| self.writes.order_drained(&[ino]));
             let _names = self.core.names_of(&[ino]);
-            let _flight = truncate
-                .then(|| self.intend(&[Scope::Range(ino, 0, u64::MAX)]))
+            let _flight = entered
+                .map(|e| self.intend(e, &[Scope::Range(ino, 0, u64::MAX)]))
                 .transpose()?;
             let oflags = bflags | if truncate { libc::O_TRUNC } else { 0 };
             let fanned = self
@@ -233,6 +234,7 @@ impl MirrorFs {
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> io::Result<u32> {
+        let entered = self.enter();
         let h = self.core.files.get(fh).ok_or_else(ebadf)?;
         if !h.writable {
             return Err(ebadf());
@@ -240,7 +242,7 @@ impl MirrorFs {
         let (_order, lagging) = self.writes.order_for_write(h.ino);
         let _names = self.core.names_of(&[h.ino]);
         let scope = Scope::Range(h.ino, offset, data.len() as u64);
-        let flight = self.intend(&[scope])?;
+        let flight = self.intend(entered, &[scope])?;
         let fresh = self.core.fresh(h.ino);
         // In async mode the first replica that takes the write is the only one written now
         // (never one with older writes still queued for the file).
@@ -364,6 +366,7 @@ impl MirrorFs {
         if !h.wrote.load(Ordering::Relaxed) {
             return;
         }
+        let entered = self.enter();
         // The source holds every write to the file: in async mode, the primary. Writes
         // take this lock too, so none marks the handle written again meanwhile.
         let (_order, _) = self.writes.order_for_write(h.ino);
@@ -372,7 +375,7 @@ impl MirrorFs {
         }
         let _names = self.core.names_of(&[h.ino]);
         let set = self.core.fresh(h.ino);
-        let Ok(flight) = self.intend(&[Scope::Meta(h.ino)]) else {
+        let Ok(flight) = self.intend(entered, &[Scope::Meta(h.ino)]) else {
             return;
         };
         let Some(source) = self.writes.write_source(set).map(|r| r.index) else {
@@ -474,6 +477,7 @@ impl MirrorFs {
     }
 
     pub async fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> io::Result<()> {
+        let entered = self.enter();
         let h = self.core.files.get(fh).ok_or_else(ebadf)?;
         if !h.writable {
             return Err(ebadf());
@@ -483,7 +487,7 @@ impl MirrorFs {
         // Collapsing or inserting a range moves everything after it.
         let shifts = mode & (libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE) != 0;
         let scope = Scope::Range(h.ino, offset, if shifts { u64::MAX } else { len });
-        let _flight = self.intend(&[scope])?;
+        let _flight = self.intend(entered, &[scope])?;
         let handle = h.clone();
         let fanned = self
             .apply(
@@ -546,6 +550,7 @@ impl MirrorFs {
         offset_out: u64,
         len: u64,
     ) -> io::Result<u32> {
+        let entered = self.enter();
         let src = self.core.files.get(fh_in).ok_or_else(ebadf)?;
         let dst = self.core.files.get(fh_out).ok_or_else(ebadf)?;
         if !dst.writable {
@@ -556,7 +561,7 @@ impl MirrorFs {
         // copies.
         let _order = self.writes.order_drained(&[src.ino, dst.ino]);
         let _names = self.core.names_of(&[src.ino, dst.ino]);
-        let _flight = self.intend(&[Scope::Range(dst.ino, offset_out, len)])?;
+        let _flight = self.intend(entered, &[Scope::Range(dst.ino, offset_out, len)])?;
         // A replica whose copy of the source is out of date is not tried: it is marked
         // for the range, and repair copies it there.
         let targets = self.core.fresh(dst.ino) & self.core.fresh(src.ino);

@@ -120,6 +120,10 @@ impl MirrorFs {
     pub fn remove_replica(&self, path: &Path) -> Result<String, String> {
         let r = self.replica_at(path)?;
         self.others_in_sync(r)?;
+        let split = self.core.set.split_at(r.index).is_some();
+        // No change under way may still reach it (a write that chose it already, a
+        // queued job): the mirror is frozen while it leaves.
+        let frozen = self.freeze()?;
         // Failed first: the others move to a new generation, so that even before the
         // removal is recorded, a crash leaves it behind them, never trusted.
         r.take_out(REMOVED.to_string());
@@ -129,6 +133,7 @@ impl MirrorFs {
         for h in self.core.files.all() {
             h.drop_fd(r.index);
         }
+        drop(frozen);
         for (i, e) in &unrecorded {
             warn!(
                 replica = %self.core.replicas[*i].path.display(),
@@ -136,10 +141,14 @@ impl MirrorFs {
                 "cannot record there that a replica was removed"
             );
         }
+        // A copy split off is no longer this mirror's: it is left as it is.
         let root = r.root();
-        let left = r
-            .live
-            .call("remove", move || membership::state::leave(root.as_fd()));
+        let left = match split {
+            true => Ok(()),
+            false => r
+                .live
+                .call("remove", move || membership::state::leave(root.as_fd())),
+        };
         r.release_lock();
         warn!(replica = %r.path.display(), "replica removed from the mirror");
         Ok(match left {
@@ -178,7 +187,7 @@ impl MirrorFs {
                 path.display()
             ));
         }
-        let frozen = self.epochs.freeze();
+        let frozen = self.freeze()?;
         // A change that ended meanwhile may have left it out of sync.
         if !in_sync(r) {
             return Err(format!(
@@ -187,7 +196,10 @@ impl MirrorFs {
                 path.display()
             ));
         }
-        let at = crate::tree::attr::unix_nanos(std::time::SystemTime::now());
+        self.others_in_sync(r)?;
+        // The instant as files are stamped: nothing changed in the copy after it, and
+        // (below) nothing the mirror changes from now on is stamped with it.
+        let at = sys::coarse_now_ns();
         if let Err(e) = r.syncfs() {
             return Err(format!(
                 "cannot flush {}'s filesystem: {}",
@@ -198,6 +210,15 @@ impl MirrorFs {
         r.take_out(format!("{SPLIT} at {}", at / 1_000_000_000));
         self.records.fail_replica(r);
         let recorded = self.core.set.record_split(r, Some(at));
+        if recorded.is_err() {
+            // Not known as a copy: it must never come back by range.
+            self.records.require_full(r);
+        }
+        // Changes go on only once the kernel stamps later times than the split's, so a
+        // change made to the copy after the split always has a newer ctime.
+        while sys::coarse_now_ns() <= at {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         drop(frozen);
         r.release_lock();
         warn!(replica = %r.path.display(), "replica split off as a standalone copy");
@@ -236,10 +257,15 @@ impl MirrorFs {
                     Err(refusal) => return Ok(Err(refusal.0)),
                 },
             };
+            // The record made at the split (what the mirror knows of it may have moved
+            // on since: its members, its role in async mode).
             let same_record = membership::state::ReplicaState::load(root.as_fd())
                 .ok()
                 .flatten()
-                .is_some_and(|st| st == want);
+                .is_some_and(|st| {
+                    (&st.set, &st.replica, &st.generation, st.split_at)
+                        == (&want.set, &want.replica, &want.generation, want.split_at)
+                });
             let changed = !same_record || crate::engine::listing::changed_since(&root, at)?;
             Ok(Ok((lock, changed)))
         });
@@ -254,9 +280,11 @@ impl MirrorFs {
                 ));
             }
         };
-        if let Some(lock) = lock {
-            r.hold_lock(lock);
-        }
+        // Every check before anything is recorded: a refusal leaves it a copy (and drops
+        // the lock taken for it).
+        self.prober
+            .check_usable(r)
+            .map_err(|why| format!("cannot rejoin {}: {why}", path.display()))?;
         self.core.set.record_split(r, None).map_err(|e| {
             format!(
                 "cannot record it on {}: {}",
@@ -264,9 +292,10 @@ impl MirrorFs {
                 sys::describe(&e)
             )
         })?;
-        self.prober
-            .readmit_now(r, changed)
-            .map_err(|why| format!("cannot rejoin {}: {why}", path.display()))?;
+        if let Some(lock) = lock {
+            r.hold_lock(lock);
+        }
+        self.prober.admit(r, changed);
         Ok(if changed {
             format!(
                 "{} rejoins; it was changed since it was split off, so it is compared in \
@@ -278,6 +307,19 @@ impl MirrorFs {
                 "{} rejoins; repair copies what the mirror changed since the split (follow \
                  it with `mirrorfs health`)",
                 path.display()
+            )
+        })
+    }
+
+    /// Freezes the mirror for a change to its replicas, or says why not: changes under way
+    /// must end within twice the replica deadline (at least 5 s).
+    fn freeze(&self) -> Result<crate::durability::intent::Frozen<'_>, String> {
+        let limit = (self.options.replica_timeout * 2).max(std::time::Duration::from_secs(5));
+        self.epochs.freeze(limit).ok_or_else(|| {
+            format!(
+                "the changes under way did not end within {:.0} s (a replica does not answer, \
+                 or a queue is long); nothing was changed, try again",
+                limit.as_secs_f64()
             )
         })
     }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tracing::{error, warn};
 
-use crate::durability::intent::{Epochs, Flight};
+use crate::durability::intent::{Entering, Epochs, Flight};
 use crate::durability::lanes::Writes;
 use crate::durability::record::Records;
 use crate::engine::executor::{Context, Engine, How, Measure};
@@ -96,6 +96,8 @@ pub struct MirrorFs {
     pub(super) writes: Arc<Writes>,
     pub(super) repair: Arc<Repair>,
     pub(super) prober: Arc<Prober>,
+    /// Held by each change to the replicas asked for by hand, one at a time.
+    pub(super) changing: std::sync::Mutex<()>,
     pub options: FsOptions,
     /// Runs operations on the replicas.
     pub engine: Engine<MirrorFs>,
@@ -143,6 +145,7 @@ impl MirrorFs {
             writes,
             repair,
             prober,
+            changing: std::sync::Mutex::new(()),
             engine: Engine::new(me, options.replica_timeout),
             options,
         }
@@ -382,11 +385,19 @@ impl MirrorFs {
         Ok(())
     }
 
+    /// A change is about to begin: waits while the mirror is frozen (see
+    /// [`crate::durability::intent::Flights::freeze`]). Every change passes here before it takes any lock, and holds
+    /// what this returns until [`MirrorFs::intend`], so that a freeze never waits for a
+    /// change that waits for it.
+    pub(crate) fn enter(&self) -> Entering<'_> {
+        self.epochs.flights.enter()
+    }
+
     /// A change to `scopes` begins: refused (EIO) below the write quorum, else its intent
     /// is recorded (see [`Epochs::intend`]).
-    pub(crate) fn intend(&self, scopes: &[Scope]) -> io::Result<Flight> {
+    pub(crate) fn intend(&self, entered: Entering<'_>, scopes: &[Scope]) -> io::Result<Flight> {
         self.check_quorum(scopes)?;
-        Ok(self.epochs.intend(scopes))
+        Ok(self.epochs.intend(entered, scopes))
     }
 
     /// The name is not one the mount may create or address.

@@ -250,10 +250,11 @@ impl MirrorFs {
         name: &OsStr,
         make: impl Fn(&Replica, BorrowedFd<'_>, &OsStr) -> io::Result<T> + Send + Sync + 'static,
     ) -> io::Result<(FileAttr, Vec<(usize, T)>)> {
+        let entered = self.enter();
         self.check_name(parent, name)?;
         let targets = self.core.fresh(parent);
         let _order = self.core.order(&[parent]);
-        let flight = self.intend(&[Scope::Entries(parent)])?;
+        let flight = self.intend(entered, &[Scope::Entries(parent)])?;
         let owned = name.to_os_string();
         // The first target, whose answer normally stands, also reports what it made.
         let first = self.core.members(targets).next().map(|r| r.index);
@@ -407,6 +408,7 @@ impl MirrorFs {
     }
 
     pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &OsStr) -> io::Result<FileAttr> {
+        let entered = self.enter();
         self.check_name(new_parent, new_name)?;
         // Refused as by a filesystem without hard links when any replica cannot hold one,
         // rather than made where it can be and missing where it cannot.
@@ -420,7 +422,7 @@ impl MirrorFs {
         };
         let _order = self.core.order(&[new_parent]);
         let _names = self.core.names_of(&[ino]);
-        let _flight = self.intend(&[Scope::Entries(new_parent), Scope::Meta(ino)])?;
+        let _flight = self.intend(entered, &[Scope::Entries(new_parent), Scope::Meta(ino)])?;
         let owned = new_name.to_os_string();
         let fanned = self
             .apply_namespace("link", targets, move |fs, r| {
@@ -492,6 +494,7 @@ impl MirrorFs {
     }
 
     async fn remove(&self, parent: Ino, name: &OsStr, dir_entry: bool) -> io::Result<()> {
+        let entered = self.enter();
         names::validate(name)?;
         if names::is_reserved(parent == ROOT, name) {
             return Err(io::Error::from_raw_os_error(libc::ENOENT));
@@ -503,7 +506,7 @@ impl MirrorFs {
         let _order = self.core.order(&[parent]);
         let _names = self.core.rename_guard(victim.as_slice());
         let _moving = dir_entry.then(|| self.core.namespace_change());
-        let _flight = self.intend(&[Scope::Entries(parent)])?;
+        let _flight = self.intend(entered, &[Scope::Entries(parent)])?;
         let owned = name.to_os_string();
         let fanned = self
             .apply_namespace(op, targets, move |_, r| {
@@ -533,6 +536,7 @@ impl MirrorFs {
         new_name: &OsStr,
         flags: u32,
     ) -> io::Result<()> {
+        let entered = self.enter();
         names::validate(name)?;
         if names::is_reserved(parent == ROOT, name) {
             return Err(io::Error::from_raw_os_error(libc::ENOENT));
@@ -572,7 +576,7 @@ impl MirrorFs {
             intents.extend(displaced.map(Scope::Data));
             intents.extend(moving.map(Scope::Data));
         }
-        let _flight = self.intend(&intents)?;
+        let _flight = self.intend(entered, &intents)?;
         let (from_name, to_name) = (name.to_os_string(), new_name.to_os_string());
         let fanned = self
             .apply_namespace("rename", targets, move |_, r| {

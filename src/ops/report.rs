@@ -138,6 +138,7 @@ impl Daemon for MirrorFs {
     }
 
     fn change_replica(&self, change: ReplicaChange, path: &Path) -> Result<String, String> {
+        let _one_at_a_time = self.changing.lock().expect("replica change lock");
         match change {
             ReplicaChange::Fail => self.take_out(path),
             ReplicaChange::Readmit => self.bring_back(path),

@@ -137,10 +137,11 @@ impl MirrorFs {
         ino: Ino,
         change: impl Fn(BorrowedFd<'_>) -> io::Result<()> + Send + Sync + 'static,
     ) -> io::Result<()> {
+        let entered = self.enter();
         self.xattrs_held()?;
         let _order = self.writes.order_drained(&[ino]);
         let _names = self.core.names_of(&[ino]);
-        let _flight = self.intend(&[Scope::Meta(ino)])?;
+        let _flight = self.intend(entered, &[Scope::Meta(ino)])?;
         let fanned = self
             .apply(op, self.core.fresh(ino), How::InTurn, move |fs, r| {
                 change(fs.core.object_fd(r, ino)?.as_fd())

@@ -319,11 +319,14 @@ impl Prober {
             }
             Err(_) => return,
         };
+        // Taken out by hand meanwhile: it stays out.
+        if !r.clear_fault() {
+            return;
+        }
         r.replace_root(root, lock);
         for h in self.core.files.all() {
             h.drop_fd(r.index);
         }
-        r.clear_failure();
         self.reset_backoff(r);
         self.records.readmit(r, true);
         info!(replica = %r.path.display(), "replica is back; it will be compared in full");
@@ -335,6 +338,21 @@ impl Prober {
     /// by range from the marks, or (`needs_full`) it is compared in full. Says why not
     /// when it cannot be.
     pub fn readmit_now(&self, r: &Replica, needs_full: bool) -> Result<(), String> {
+        self.check_usable(r)?;
+        if self.core.set.is_taken_out(r.index) {
+            self.core
+                .set
+                .record_taken_out(r, false)
+                .map_err(|e| format!("cannot record it there: {}", sys::describe(&e)))?;
+        }
+        self.admit(r, needs_full);
+        Ok(())
+    }
+
+    /// Whether a failed replica may be re-admitted now: every call left in it has
+    /// returned, its path still leads to the directory mounted, and a small write, sync
+    /// and removal work there. Changes nothing.
+    pub fn check_usable(&self, r: &Replica) -> Result<(), String> {
         if r.failure().is_none() {
             return Err("it is not failed: there is nothing to readmit".into());
         }
@@ -366,18 +384,17 @@ impl Prober {
         r.live
             .call("readmit", move || probe_io(&root))
             .map_err(|e| format!("it still fails: {}", sys::describe(&e)))?;
-        if self.core.set.is_taken_out(r.index) {
-            self.core
-                .set
-                .record_taken_out(r, false)
-                .map_err(|e| format!("cannot record it there: {}", sys::describe(&e)))?;
-        }
+        Ok(())
+    }
+
+    /// Re-admits a replica by hand (see [`Prober::check_usable`]): repair brings it what
+    /// it missed, or (`needs_full`) compares it in full.
+    pub fn admit(&self, r: &Replica, needs_full: bool) {
         r.clear_failure();
         self.reset_backoff(r);
         self.records.readmit(r, needs_full);
         info!(replica = %r.path.display(), needs_full, "replica readmitted by hand; repair brings it what it missed");
         self.repair.request(crate::repair::Request::Wake);
-        Ok(())
     }
 
     /// Tries a failed replica; re-admits it if it works.
@@ -395,7 +412,10 @@ impl Prober {
             tracing::debug!(replica = %r.path.display(), error = %sys::describe(&e), "still failing");
             return;
         }
-        r.clear_failure();
+        // Taken out by hand meanwhile: it stays out.
+        if !r.clear_fault() {
+            return;
+        }
         self.reset_backoff(r);
         self.records.readmit(r, false);
         info!(

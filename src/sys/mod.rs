@@ -533,6 +533,18 @@ pub fn copy_range(
     Ok(done)
 }
 
+/// The time the kernel stamps files with (ctime, mtime): the coarse real-time clock, in
+/// nanoseconds since the epoch. It moves once a tick (a few milliseconds).
+pub fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a timespec the kernel fills in.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// The user id of the process at the other end of a Unix socket.
 pub fn peer_uid(fd: BorrowedFd<'_>) -> io::Result<u32> {
     let mut cred = libc::ucred {

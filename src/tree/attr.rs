@@ -68,12 +68,6 @@ pub fn unix_seconds(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// Nanoseconds since the epoch.
-pub fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
 /// A point in time as a `utimensat` argument.
 pub fn timespec(t: SystemTime) -> Time {
     let ts = match t.duration_since(UNIX_EPOCH) {

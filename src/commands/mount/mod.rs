@@ -283,6 +283,10 @@ fn assemble(plan: &MountPlan, args: &MountArgs) -> Result<Assembly, CliError> {
 /// Records each replica's state for the session, durably, before it is mounted.
 fn record(plan: &MountPlan, assembly: &Assembly) -> Result<(), CliError> {
     for ((path, root), state) in plan.replicas.iter().zip(&plan.roots).zip(&assembly.states) {
+        // A copy split off is no longer this mirror's to write (it may rejoin).
+        if state.split_at.is_some() {
+            continue;
+        }
         state.save(root.as_fd()).map_err(|e| {
             cli_error!(
                 "replica {}: cannot record its state: {}",
