@@ -245,7 +245,8 @@ impl MirrorSet {
     /// compared in full.
     pub fn readmit(&self, replica: &Replica, needs_full: bool) {
         let bit = 1 << replica.index;
-        if self.removed() & bit != 0 {
+        // Removed, or taken out by hand since it was found working: it stays out.
+        if self.removed() & bit != 0 || replica.failure().is_some() {
             return;
         }
         if needs_full || self.needs_full() & bit != 0 {

@@ -124,6 +124,7 @@ impl MirrorFs {
         // No change under way may still reach it (a write that chose it already, a
         // queued job): the mirror is frozen while it leaves.
         let frozen = self.freeze()?;
+        self.others_in_sync(r)?;
         // Failed first: the others move to a new generation, so that even before the
         // removal is recorded, a crash leaves it behind them, never trusted.
         r.take_out(REMOVED.to_string());

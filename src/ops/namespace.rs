@@ -494,7 +494,6 @@ impl MirrorFs {
     }
 
     async fn remove(&self, parent: Ino, name: &OsStr, dir_entry: bool) -> io::Result<()> {
-        let entered = self.enter();
         names::validate(name)?;
         if names::is_reserved(parent == ROOT, name) {
             return Err(io::Error::from_raw_os_error(libc::ENOENT));
@@ -502,6 +501,8 @@ impl MirrorFs {
         let op = if dir_entry { "rmdir" } else { "unlink" };
         let targets = self.core.fresh(parent);
         let dirs = self.resolve(targets, vec![parent]).await;
+        // After resolving (which waits on replicas, holding no lock), before any lock.
+        let entered = self.enter();
         let victim = self.core.table().child(parent, name);
         let _order = self.core.order(&[parent]);
         let _names = self.core.rename_guard(victim.as_slice());
@@ -536,7 +537,6 @@ impl MirrorFs {
         new_name: &OsStr,
         flags: u32,
     ) -> io::Result<()> {
-        let entered = self.enter();
         names::validate(name)?;
         if names::is_reserved(parent == ROOT, name) {
             return Err(io::Error::from_raw_os_error(libc::ENOENT));
@@ -563,6 +563,8 @@ impl MirrorFs {
             )
         };
         let dirs = self.resolve(targets, vec![parent, new_parent]).await;
+        // After resolving (which waits on replicas, holding no lock), before any lock.
+        let entered = self.enter();
         let _order = self.core.order(&[parent, new_parent]);
         let moved: Vec<Ino> = moving.into_iter().chain(displaced).collect();
         let _names = self.core.rename_guard(&moved);

@@ -274,6 +274,11 @@ impl Prober {
     /// The directory at `r`'s path is back: serve the replica from it if it is this
     /// replica or an empty directory (which becomes it), then compare it in full.
     fn reattach(&self, r: &Replica) {
+        // Taken out by hand since the round began: its record is not the prober's to
+        // write.
+        if r.taken_out() {
+            return;
+        }
         let (path, own_filesystem) = (r.path.clone(), r.own_filesystem);
         let mut recorded = self.core.set.state(r.index);
         recorded.needs_full = true;
