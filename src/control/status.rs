@@ -140,6 +140,24 @@ pub struct MirrorStatus {
     /// Paths changed in the last few seconds whose changes are not yet settled on every
     /// replica's disk: what repair would look at after a crash now.
     pub unsettled_paths: usize,
+    /// The members of the set and the replicas that left it, as the replicas in sync
+    /// record them.
+    #[serde(default)]
+    pub members: Vec<MemberStatus>,
+}
+
+/// One member of the mirror set, or one that left it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// Its id, as its own state records it.
+    pub id: String,
+    /// Where this mount serves it from (`null`: not given to this mount).
+    pub path: Option<PathBuf>,
+    /// When it joined the set, in seconds since the epoch (`null`: not recorded).
+    pub joined: Option<u64>,
+    /// `member`, `taken-out` (by hand), `split` (split off as a copy), `absent` (a member
+    /// not given to this mount) or `removed`.
+    pub status: String,
 }
 
 impl MirrorStatus {

@@ -283,6 +283,16 @@ impl MirrorSet {
         Ok(())
     }
 
+    /// The state a replica in sync has on record (the set's members and history), if one
+    /// is.
+    pub fn roster(&self) -> Option<ReplicaState> {
+        let current = self.current();
+        let states = self.states.lock().expect("set lock");
+        (0..states.len())
+            .find(|i| current & (1 << i) != 0)
+            .map(|i| states[i].clone())
+    }
+
     /// When replica `index` was split off, if it was.
     pub fn split_at(&self, index: usize) -> Option<u64> {
         self.states.lock().expect("set lock")[index].split_at

@@ -108,6 +108,13 @@ pub fn resume(assembly: &mut Assembly, journal: Option<&Pending>) {
     }
 }
 
+/// Seconds since the epoch, for when a member joined.
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn show(g: &Given) -> String {
     g.path.display().to_string()
 }
@@ -300,6 +307,9 @@ fn assemble_members(
     let mut notes = Vec::new();
     let mut head_now = head_state.clone();
     head_now.members = members.clone();
+    for (_, id) in &joining {
+        head_now.joined.insert(id.clone(), now_secs());
+    }
     head_now.clean = false;
     if absent > 0 {
         // Those left out must find themselves behind when they come back.
@@ -337,6 +347,7 @@ fn assemble_members(
                 notes.push(format!("replica {} joins the mirror", show(g)));
                 let mut st = ReplicaState::joining(&head_state.set, &members, id);
                 st.left = head_now.left.clone();
+                st.joined = head_now.joined.clone();
                 (Role::Full, st)
             }
         };
@@ -406,6 +417,7 @@ fn new_mirror(given: &[Given], init: bool, source: Option<usize>) -> Result<Asse
             taken_out: false,
             left: Vec::new(),
             split_at: None,
+            joined: ids.iter().map(|id| (id.clone(), now_secs())).collect(),
         });
         roles.push(if in_sync { Role::InSync } else { Role::Full });
     }

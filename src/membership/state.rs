@@ -62,6 +62,10 @@ pub struct ReplicaState {
     /// range if nothing in it changed since.
     #[serde(default)]
     pub split_at: Option<u64>,
+    /// When each member joined the set, in seconds since the epoch (members of a set
+    /// made before this was recorded have none).
+    #[serde(default)]
+    pub joined: std::collections::BTreeMap<String, u64>,
 }
 
 /// A random 128-bit id as hex.
@@ -97,6 +101,7 @@ impl ReplicaState {
             taken_out: false,
             left: Vec::new(),
             split_at: None,
+            joined: Default::default(),
         }
     }
 
@@ -252,6 +257,7 @@ mod tests {
             taken_out: false,
             left: Vec::new(),
             split_at: None,
+            joined: Default::default(),
         }
     }
 

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use crate::control::socket::{Daemon, ReplicaChange};
 use crate::control::status::{
-    FailureInfo, LagStatus, LastError, MirrorStatus, OUT_OF_SYNC_LISTED, OutOfSync, ReplicaState,
-    ReplicaStatus,
+    FailureInfo, LagStatus, LastError, MemberStatus, MirrorStatus, OUT_OF_SYNC_LISTED, OutOfSync,
+    ReplicaState, ReplicaStatus,
 };
 use crate::durability::record::divergence_reason;
 use crate::ops::mirror::MirrorFs;
@@ -110,7 +110,9 @@ impl MirrorFs {
                 .take(OUT_OF_SYNC_LISTED)
                 .collect()
         };
+        let members = self.member_status();
         MirrorStatus {
+            members,
             mount_point: mount_point.to_path_buf(),
             pid: std::process::id(),
             mode: if self.writes.queues() {
@@ -124,6 +126,39 @@ impl MirrorFs {
             unavailable,
             unsettled_paths: self.records.journal().unsettled(),
         }
+    }
+}
+
+impl MirrorFs {
+    /// The members of the set, and those that left it, as `health --json` shows them.
+    fn member_status(&self) -> Vec<MemberStatus> {
+        let Some(roster) = self.core.set.roster() else {
+            return Vec::new();
+        };
+        let slot = |id: &str| {
+            self.core
+                .replicas
+                .iter()
+                .find(|r| self.core.set.state(r.index).replica == id)
+        };
+        let status = |id: &str| match slot(id) {
+            None => "absent",
+            Some(r) if self.core.set.split_at(r.index).is_some() => "split",
+            Some(r) if r.taken_out() => "taken-out",
+            Some(_) => "member",
+        };
+        let member = |id: &String, status: &str| MemberStatus {
+            id: id.clone(),
+            path: slot(id).map(|r| r.path.clone()),
+            joined: roster.joined.get(id).copied(),
+            status: status.to_string(),
+        };
+        roster
+            .members
+            .iter()
+            .map(|id| member(id, status(id)))
+            .chain(roster.left.iter().map(|id| member(id, "removed")))
+            .collect()
     }
 }
 

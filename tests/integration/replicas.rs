@@ -70,6 +70,22 @@ fn health_code(m: &Mirror) -> Option<i32> {
         .code()
 }
 
+/// The status of each member of the set (and of those that left it), in order, and
+/// whether each has a join time.
+fn members(m: &Mirror) -> Vec<(String, bool)> {
+    m.status()["daemon"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|mb| {
+            (
+                mb["status"].as_str().unwrap().to_string(),
+                mb["joined"].is_u64(),
+            )
+        })
+        .collect()
+}
+
 fn replica_status(m: &Mirror, i: usize) -> serde_json::Value {
     m.status()["daemon"]["replicas"][i].clone()
 }
@@ -139,6 +155,8 @@ fn a_replica_taken_out_under_load_misses_writes_and_is_repaired_by_range() {
         Some(1),
         "health is WARNING while a replica is out"
     );
+    let taken = ("taken-out".to_string(), true);
+    assert_eq!(members(&m), [("member".to_string(), true), taken]);
 
     // A write while it is out reaches replica 0 alone.
     overwrite(&m, "big", 10 * MIB as u64, &vec![2u8; MIB]);
@@ -266,6 +284,8 @@ fn a_replica_removed_under_load_leaves_with_its_files_and_is_no_member() {
     std::thread::sleep(Duration::from_millis(200));
     change(&m, "remove", 2);
     let gone = m.replicas.pop().unwrap();
+    let statuses: Vec<String> = members(&m).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(statuses, ["member", "member", "removed"]);
     fs::write(m.path("after"), b"not on the removed one").unwrap();
     let records = writer.stop();
     m.wait_in_sync();
@@ -367,6 +387,7 @@ fn a_split_copy_holds_the_mirror_as_of_one_instant_and_rejoins_by_range() {
     assert_eq!(fs::read(m.replica(2, "big")).unwrap(), vec![1u8; 16 * MIB]);
     let st = replica_status(&m, 2);
     assert_eq!(st["state"], "failed", "{st}");
+    assert_eq!(members(&m)[2].0, "split");
     // It is a copy, not this mirror: mounted alone it needs --init.
     let other = m.dir.path().join("other");
     fs::create_dir(&other).unwrap();
