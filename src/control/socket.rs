@@ -20,12 +20,15 @@ const STATUS: &str = "status";
 /// The requests that start repair now, or a full comparison.
 const REPAIR: &str = "repair";
 const REPAIR_FULL: &str = "repair-full";
-/// The requests that change the replicas, followed by the replica's path as a JSON string.
-const REPLICA_FAIL: &str = "replica-fail";
-const REPLICA_READMIT: &str = "replica-readmit";
-const REPLICA_REMOVE: &str = "replica-remove";
-const REPLICA_SPLIT: &str = "replica-split";
-const REPLICA_REJOIN: &str = "replica-rejoin";
+/// The requests that change the replicas, each followed by the replica's path as a JSON
+/// string.
+const REPLICA_CHANGES: [(ReplicaChange, &str); 5] = [
+    (ReplicaChange::Fail, "replica-fail"),
+    (ReplicaChange::Readmit, "replica-readmit"),
+    (ReplicaChange::Remove, "replica-remove"),
+    (ReplicaChange::Split, "replica-split"),
+    (ReplicaChange::Rejoin, "replica-rejoin"),
+];
 
 /// How long either side waits for the other.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -144,19 +147,13 @@ fn answer(daemon: &dyn Daemon, mount_point: &Path, stream: UnixStream) -> std::i
             daemon.repair(line.trim() == REPAIR_FULL);
             out.write_all(b"{\"ok\":true}\n")
         }
-        request => match request.split_once(' ') {
-            Some((
-                word @ (REPLICA_FAIL | REPLICA_READMIT | REPLICA_REMOVE | REPLICA_SPLIT
-                | REPLICA_REJOIN),
-                path,
-            )) => {
-                let change = match word {
-                    REPLICA_FAIL => ReplicaChange::Fail,
-                    REPLICA_READMIT => ReplicaChange::Readmit,
-                    REPLICA_REMOVE => ReplicaChange::Remove,
-                    REPLICA_SPLIT => ReplicaChange::Split,
-                    _ => ReplicaChange::Rejoin,
-                };
+        request => match request.split_once(' ').and_then(|(word, path)| {
+            REPLICA_CHANGES
+                .iter()
+                .find(|(_, w)| *w == word)
+                .map(|(change, _)| (*change, path))
+        }) {
+            Some((change, path)) => {
                 let result = if crate::sys::peer_uid(stream.as_fd())? != 0 {
                     Err("only root may change the replicas of a mirror".to_string())
                 } else {
@@ -222,13 +219,10 @@ pub fn change_replica(
             "the replica's path is not valid UTF-8",
         )
     })?;
-    let word = match change {
-        ReplicaChange::Fail => REPLICA_FAIL,
-        ReplicaChange::Readmit => REPLICA_READMIT,
-        ReplicaChange::Remove => REPLICA_REMOVE,
-        ReplicaChange::Split => REPLICA_SPLIT,
-        ReplicaChange::Rejoin => REPLICA_REJOIN,
-    };
+    let (_, word) = REPLICA_CHANGES
+        .iter()
+        .find(|(c, _)| *c == change)
+        .expect("every change has a request word");
     let request = format!("{word} {}", serde_json::Value::from(path));
     let answer: serde_json::Value =
         serde_json::from_str(&ask_within(mount_point, &request, CHANGE_TIMEOUT)?)

@@ -311,9 +311,14 @@ struct FlightState {
 pub struct Entering<'a>(&'a Flights);
 
 impl Drop for Entering<'_> {
+    /// A change that ends before it began (refused, or nothing to do).
     fn drop(&mut self) {
-        self.0.state.lock().expect("flights lock").entering -= 1;
-        self.0.ended.notify_all();
+        let mut s = self.0.state.lock().expect("flights lock");
+        s.entering -= 1;
+        // Only a freeze waits for this.
+        if s.frozen {
+            self.0.ended.notify_all();
+        }
     }
 }
 
@@ -346,10 +351,16 @@ impl Flights {
         Entering(self)
     }
 
-    /// A change begins in `epoch`.
-    pub fn begin(self: &Arc<Flights>, epoch: u64) -> Flight {
+    /// The change that `entered` the gate begins in `epoch` (one lock, and no wakeup:
+    /// a freeze waits for it either way).
+    pub fn begin(self: &Arc<Flights>, entered: Entering<'_>, epoch: u64) -> Flight {
         let slot = (epoch % 2) as usize;
-        self.state.lock().expect("flights lock").open[slot] += 1;
+        {
+            let mut s = self.state.lock().expect("flights lock");
+            s.entering -= 1;
+            s.open[slot] += 1;
+        }
+        std::mem::forget(entered);
         Flight {
             flights: self.clone(),
             slot,
@@ -437,7 +448,6 @@ impl Epochs {
     /// `entered`: the change passed the gate ([`Flights::enter`]); it counts as under
     /// way from here on.
     pub fn intend(&self, entered: Entering<'_>, scopes: &[Scope]) -> Flight {
-        let _entered = entered;
         let mut j = self.records.journal();
         if !self.core.set.read_only() {
             let records = j.intents.add(&mut self.core.table(), scopes);
@@ -446,12 +456,7 @@ impl Epochs {
                 self.settler.hurry();
             }
         }
-        self.flights.begin(j.intents.epoch())
-    }
-
-    /// Freezes the mirror (see [`Flights::freeze`]).
-    pub fn freeze(&self, limit: Duration) -> Option<Frozen<'_>> {
-        self.flights.freeze(limit)
+        self.flights.begin(entered, j.intents.epoch())
     }
 
     /// `ino` was made by the change under `flight`, which intended its parent's listing:
@@ -678,8 +683,8 @@ mod tests {
     #[test]
     fn flights_wait_for_their_epoch_only() {
         let f = Arc::new(Flights::default());
-        let a = f.begin(1);
-        let b = f.begin(2);
+        let a = f.begin(f.enter(), 1);
+        let b = f.begin(f.enter(), 2);
         let c = b.clone();
         drop(a);
         f.wait(1);
@@ -727,7 +732,7 @@ mod tests {
     fn a_freeze_waits_for_changes_under_way_and_holds_new_ones_until_it_ends() {
         use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
         let flights = Arc::new(Flights::default());
-        let under_way = flights.begin(1);
+        let under_way = flights.begin(flights.enter(), 1);
         let frozen = AtomicBool::new(false);
         std::thread::scope(|s| {
             s.spawn(|| {
@@ -745,15 +750,14 @@ mod tests {
             }
             let entering = flights.enter();
             assert!(!frozen.load(SeqCst), "a change began while frozen");
-            let _flight = flights.begin(2);
-            drop(entering);
+            let _flight = flights.begin(entering, 2);
         });
     }
 
     #[test]
     fn a_freeze_that_cannot_drain_in_time_gives_up_and_opens_the_gate() {
         let flights = Arc::new(Flights::default());
-        let _stuck = flights.begin(1);
+        let _stuck = flights.begin(flights.enter(), 1);
         assert!(flights.freeze(Duration::from_millis(20)).is_none());
         let _entering = flights.enter();
     }

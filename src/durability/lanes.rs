@@ -460,7 +460,7 @@ mod tests {
             ino,
             scope: Scope::Range(ino, 0, bytes),
             bytes,
-            flight: flights.begin(1),
+            flight: flights.begin(flights.enter(), 1),
             apply: Box::new(|_| Ok(())),
         }
     }
@@ -516,7 +516,7 @@ mod tests {
             .table()
             .lookup(ROOT, "f".as_ref(), FileType::RegularFile, &[], false);
         let flights = Arc::new(Flights::default());
-        let flight = flights.begin(1);
+        let flight = flights.begin(flights.enter(), 1);
         let path = dirs[1].path().join("f");
         let append = |bytes: &'static [u8]| {
             let path = path.clone();

@@ -259,23 +259,28 @@ impl MirrorSet {
     /// Records on `replica` whether it is taken out by hand (see
     /// [`ReplicaState::taken_out`]). A read-only mount records nothing.
     pub fn record_taken_out(&self, replica: &Replica, out: bool) -> std::io::Result<()> {
-        let mut states = self.states.lock().expect("set lock");
-        let mut st = states[replica.index].clone();
-        st.taken_out = out;
-        if !self.read_only {
-            save(replica, &st)?;
-        }
-        states[replica.index] = st;
-        Ok(())
+        self.record_on(replica, |st| st.taken_out = out)
     }
 
     /// Records on `replica` that it is split off at `at` (nanoseconds since the epoch; it
     /// is taken out too), or, with `None`, that it rejoins (and is no longer out).
     pub fn record_split(&self, replica: &Replica, at: Option<u64>) -> std::io::Result<()> {
+        self.record_on(replica, |st| {
+            st.split_at = at;
+            st.taken_out = at.is_some();
+        })
+    }
+
+    /// Changes `replica`'s state on record as `change` says, durably on the replica
+    /// first (a read-only mount records nothing); on failure nothing changes.
+    fn record_on(
+        &self,
+        replica: &Replica,
+        change: impl FnOnce(&mut ReplicaState),
+    ) -> std::io::Result<()> {
         let mut states = self.states.lock().expect("set lock");
         let mut st = states[replica.index].clone();
-        st.split_at = at;
-        st.taken_out = at.is_some();
+        change(&mut st);
         if !self.read_only {
             save(replica, &st)?;
         }

@@ -316,7 +316,7 @@ impl MirrorFs {
     /// must end within twice the replica deadline (at least 5 s).
     fn freeze(&self) -> Result<crate::durability::intent::Frozen<'_>, String> {
         let limit = (self.options.replica_timeout * 2).max(std::time::Duration::from_secs(5));
-        self.epochs.freeze(limit).ok_or_else(|| {
+        self.epochs.flights.freeze(limit).ok_or_else(|| {
             format!(
                 "the changes under way did not end within {:.0} s (a replica does not answer, \
                  or a queue is long); nothing was changed, try again",

@@ -84,6 +84,15 @@ pub fn spawn(fs: Arc<Prober>) {
         .expect("spawn the prober thread");
 }
 
+/// Whether `path` still leads to the directory `held` is (and whether a directory is
+/// there at all).
+fn at_its_path(path: &std::path::Path, held: &OwnedFd) -> io::Result<(bool, bool)> {
+    use std::os::unix::fs::MetadataExt;
+    let now = std::fs::symlink_metadata(path)?;
+    let same = identity(held).is_ok_and(|h| (now.dev(), now.ino()) == h);
+    Ok((now.is_dir() && same, now.is_dir()))
+}
+
 /// The (device, inode) of a descriptor.
 fn identity(fd: &OwnedFd) -> io::Result<(u64, u64)> {
     let st = sys::fstat(fd.as_fd())?;
@@ -218,12 +227,7 @@ impl Prober {
     fn root_in_place(&self, r: &Replica) -> bool {
         let (path, held) = (r.path.clone(), r.root());
         let checked = r.live.call("probe", move || {
-            use std::os::unix::fs::MetadataExt;
-            let now = std::fs::symlink_metadata(&path);
-            let dir = now.as_ref().is_ok_and(|m| m.is_dir());
-            let same =
-                matches!((&now, identity(&held)), (Ok(m), Ok(h)) if dir && (m.dev(), m.ino()) == h);
-            Ok((same, dir))
+            Ok(at_its_path(&path, &held).unwrap_or((false, false)))
         });
         let (same, dir) = match checked {
             Ok(c) => c,
@@ -370,9 +374,7 @@ impl Prober {
         }
         let (path, held) = (r.path.clone(), r.root());
         let same = r.live.call("readmit", move || {
-            use std::os::unix::fs::MetadataExt;
-            let now = std::fs::symlink_metadata(&path)?;
-            Ok(identity(&held).is_ok_and(|h| (now.dev(), now.ino()) == h))
+            at_its_path(&path, &held).map(|(same, _)| same)
         });
         match same {
             Ok(true) => {}
